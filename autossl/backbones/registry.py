@@ -1,0 +1,120 @@
+"""Backbone registry: short names for the families we support, and any timm model by name."""
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+import torch.nn as nn
+
+from .wide_resnet import WideResNet
+
+# short name -> (timm name, default kwargs). Names the earlier autoSSL used are aliases.
+TIMM_ALIASES: dict[str, tuple[str, dict[str, Any]]] = {
+    "resnet18": ("resnet18", {}),
+    "resnet34": ("resnet34", {}),
+    "resnet50": ("resnet50", {}),
+    "vit_tiny": ("vit_tiny_patch16_224", {}),
+    "vit_small": ("vit_small_patch16_224", {}),
+    "vit_base": ("vit_base_patch16_224", {}),
+    "swin_tiny": ("swin_tiny_patch4_window7_224", {}),
+    "convnext_atto": ("convnext_atto", {}),
+    "convnext_tiny": ("convnext_tiny", {}),
+    "convnextv2_atto": ("convnextv2_atto", {}),
+    "convnextv2_tiny": ("convnextv2_tiny", {}),
+}
+ALIASES = {"resnet": "resnet18", "ResNet": "resnet18", "vit": "vit_small", "ViT": "vit_small",
+           "wideresnet": "wide_resnet28_2", "WideResNet": "wide_resnet28_2", "swin": "swin_tiny",
+           "convnext": "convnext_tiny", "convnextv2": "convnextv2_atto"}
+LOCAL = {"wide_resnet28_2": (28, 2), "wide_resnet28_8": (28, 8), "wide_resnet16_4": (16, 4)}
+SMALL_IMAGE = 64  # at or below this size ResNets get the CIFAR stem and ViTs a smaller patch
+
+
+class Backbone(nn.Module):
+    """A feature extractor: images [B, C, H, W] -> features [B, num_features]. No classifier.
+
+    `spec` holds the name and arguments that rebuild it (saved with exported weights).
+    """
+
+    def __init__(self, model: nn.Module, num_features: int, spec: dict[str, Any]):
+        super().__init__()
+        self.model = model
+        self.num_features = num_features
+        self.spec = spec
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+def available_backbones() -> list[str]:
+    return sorted(set(TIMM_ALIASES) | set(LOCAL) | set(ALIASES))
+
+
+def resolve_name(name: str) -> str:
+    name = ALIASES.get(name, name)
+    if name in TIMM_ALIASES or name in LOCAL:
+        return name
+    if timm.is_model(name):
+        return name
+    close = difflib.get_close_matches(name, available_backbones() + timm.list_models(), n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    raise ValueError(f"unknown backbone '{name}'{hint} (autossl list backbones shows the choices; any timm model name works)")
+
+
+def create_backbone(name: str = "resnet18", *, image_size: int = 224, in_chans: int = 3,
+                    pretrained: bool | str | Path = False, cifar_stem: bool | None = None,
+                    patch_size: int | None = None, **kwargs: Any) -> Backbone:
+    """Build a backbone without classifier.
+
+    - ResNets get the CIFAR stem (3x3 conv, stride 1, no max-pool) automatically when
+      `image_size <= 64`, or when `cifar_stem=True`.
+    - ViTs take `patch_size` (default 16, or 4 for small images) and `image_size`.
+    - `pretrained=True` loads timm's published weights; a path loads a local file through timm's
+      own loader (`pretrained_cfg_overlay=dict(file=...)`).
+    """
+    key = resolve_name(name)
+    spec = {"name": key, "image_size": image_size, "in_chans": in_chans, **kwargs}
+    if key in LOCAL:
+        depth, k = LOCAL[key]
+        model = WideResNet(depth, k, in_chans=in_chans)
+        if pretrained:
+            _load_local(model, pretrained)
+        return Backbone(model, model.num_features, spec)
+
+    timm_name, defaults = TIMM_ALIASES.get(key, (key, {}))
+    args: dict[str, Any] = {**defaults, **kwargs, "num_classes": 0, "in_chans": in_chans}
+    if pretrained:
+        args["pretrained"] = True
+        if not isinstance(pretrained, bool):
+            path = Path(pretrained)
+            if not path.is_file():
+                raise FileNotFoundError(f"pretrained weights file not found: {path}; give a .pth/.safetensors path or pretrained=True")
+            args["pretrained_cfg_overlay"] = {"file": str(path)}
+    is_vit = timm_name.startswith(("vit_", "deit", "swin", "eva", "beit"))
+    if is_vit:
+        args["img_size"] = image_size
+        if timm_name.startswith("vit_") and (patch_size or image_size <= SMALL_IMAGE):
+            args["patch_size"] = patch_size or 4
+            spec["patch_size"] = args["patch_size"]
+        if timm_name.startswith("swin") and image_size <= SMALL_IMAGE:
+            args.setdefault("window_size", max(1, image_size // 8))
+            args.setdefault("patch_size", 2)
+    model = timm.create_model(timm_name, **args)
+    use_cifar_stem = cifar_stem if cifar_stem is not None else (image_size <= SMALL_IMAGE)
+    if use_cifar_stem and hasattr(model, "conv1") and hasattr(model, "maxpool"):
+        # The ImageNet stem (7x7 stride 2 + max-pool) throws away 3/4 of a 32 px image's resolution.
+        width = model.conv1.out_channels
+        model.conv1 = nn.Conv2d(in_chans, width, 3, 1, 1, bias=False)
+        model.maxpool = nn.Identity()
+        spec["cifar_stem"] = True
+    return Backbone(model, model.num_features, spec)
+
+
+def _load_local(model: nn.Module, path: bool | str | Path) -> None:
+    if isinstance(path, bool):
+        raise ValueError("this backbone has no published weights; pass a local weights path as pretrained=")
+    from ..train.safe_load import load_state_dict_file
+
+    model.load_state_dict(load_state_dict_file(path))

@@ -1,0 +1,98 @@
+"""The one-call helper that turns a dataset name, a folder or arrays into a DataLoader of views."""
+from __future__ import annotations
+
+import os
+from typing import Any, Callable
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from .datasets import build_dataset, num_classes_of
+from .views import Augment, eval_transform, make_views, preset_for
+
+
+class TransformedDataset(Dataset):
+    """Applies a transform to the image of `(image, label)`; a None image (corrupt file) passes through."""
+
+    def __init__(self, base: Dataset, transform: Callable):
+        self.base, self.transform = base, transform
+        self.classes = getattr(base, "classes", None) or getattr(getattr(base, "dataset", None), "classes", None)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int):
+        image, label = self.base[i]
+        return (None if image is None else self.transform(image)), label
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes) if self.classes else num_classes_of(_root(self.base))
+
+
+def _root(ds: Dataset) -> Dataset:
+    while isinstance(ds, Subset):
+        ds = ds.dataset
+    return ds
+
+
+def collate_views(samples: list) -> dict[str, Any]:
+    """Batch `(views | image, label)` samples, dropping unreadable ones and counting them."""
+    good = [s for s in samples if s[0] is not None]
+    skipped = len(samples) - len(good)
+    if not good:
+        return {"views": [], "label": torch.empty(0, dtype=torch.long), "skipped": skipped}
+    labels = torch.tensor([s[1] for s in good], dtype=torch.long)
+    first = good[0][0]
+    if isinstance(first, (list, tuple)):
+        views = [torch.stack([s[0][v] for s in good]) for v in range(len(first))]
+        return {"views": views, "label": labels, "skipped": skipped}
+    return {"image": torch.stack([s[0] for s in good]), "label": labels, "skipped": skipped}
+
+
+def default_workers() -> int:
+    return min(4, max(0, (os.cpu_count() or 1) - 1))
+
+
+def _check_batch(dataset: Dataset, batch_size: int, drop_last: bool) -> None:
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if drop_last and batch_size > len(dataset):
+        raise ValueError(f"batch_size {batch_size} is larger than the dataset ({len(dataset)} images); "
+                         f"set data.batch_size to at most {len(dataset)}")
+
+
+def make_dataloader(data: Any = "mnist", *, num_views: int = 2, batch_size: int = 128, image_size: int | None = None,
+                    preset: str | None = None, asymmetric: bool = False, num_local: int = 0, local_size: int | None = None,
+                    augment: Augment | None = None, num_workers: int | None = None, shuffle: bool = True,
+                    drop_last: bool = True, seed: int | None = None, **dataset_kwargs: Any) -> DataLoader:
+    """A training DataLoader of views: `trainer.fit(model, make_dataloader('mnist', num_views=4))`.
+
+    `data` is a dataset name, a folder path, arrays `(X, y)` or a Dataset. Batches are dicts with
+    `views` (list of [B, C, H, W] tensors), `label` (-1 when unlabelled) and `skipped` (unreadable files).
+    """
+    dataset = build_dataset(data, **dataset_kwargs)
+    preset = preset or (data if isinstance(data, str) and not os.path.exists(data) else None)
+    views = make_views(preset, num_views, image_size, asymmetric=asymmetric, num_local=num_local,
+                       local_size=local_size, augment=augment)
+    ds = TransformedDataset(dataset, views)
+    _check_batch(ds, batch_size, drop_last)
+    return _loader(ds, batch_size, shuffle, drop_last, num_workers, seed)
+
+
+def make_eval_loader(data: Any, *, batch_size: int = 256, image_size: int | None = None, preset: str | None = None,
+                     num_workers: int | None = None, **dataset_kwargs: Any) -> DataLoader:
+    """Deterministic (resize + normalise) batches of `image`/`label`, for validation and evaluation."""
+    dataset = build_dataset(data, **dataset_kwargs)
+    preset = preset or (data if isinstance(data, str) and not os.path.exists(data) else None)
+    ds = TransformedDataset(dataset, eval_transform(preset_for(preset, image_size)))
+    return _loader(ds, batch_size, False, False, num_workers, None)
+
+
+def _loader(ds: Dataset, batch_size: int, shuffle: bool, drop_last: bool, num_workers: int | None,
+            seed: int | None) -> DataLoader:
+    workers = default_workers() if num_workers is None else num_workers
+    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, num_workers=workers,
+                      collate_fn=collate_views, persistent_workers=workers > 0, generator=generator,
+                      pin_memory=torch.cuda.is_available())

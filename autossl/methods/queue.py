@@ -1,0 +1,33 @@
+"""A FIFO queue of embeddings (MoCo's memory bank), kept as a buffer so it is checkpointed."""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..losses.distributed import gather
+
+
+class FeatureQueue(nn.Module):
+    def __init__(self, size: int, dim: int):
+        super().__init__()
+        self.register_buffer("items", F.normalize(torch.randn(size, dim), dim=1))
+        self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
+        self.register_buffer("filled", torch.zeros((), dtype=torch.long))
+
+    @torch.no_grad()
+    def push(self, z: torch.Tensor) -> None:
+        """Enqueue the (global) batch, overwriting the oldest entries."""
+        z = F.normalize(gather(z.detach()).float(), dim=1)
+        size = self.items.shape[0]
+        n = min(len(z), size)
+        idx = (self.ptr + torch.arange(n, device=z.device)) % size
+        self.items[idx] = z[-n:].to(self.items.dtype)
+        self.ptr.copy_((self.ptr + n) % size)
+        self.filled.copy_(torch.clamp(self.filled + n, max=size))
+
+    def negatives(self) -> torch.Tensor:
+        """Queue entries written so far (random ones before the first push)."""
+        return self.items[: int(self.filled)] if int(self.filled) else self.items
+
+    def negatives_with(self, batch: torch.Tensor) -> torch.Tensor:
+        """In-batch keys followed by the queue: negatives for SimCLR with a memory bank."""
+        return torch.cat([batch, self.negatives().to(batch.dtype)])

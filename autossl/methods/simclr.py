@@ -1,0 +1,27 @@
+"""SimCLR (Chen et al., 2020): NT-Xent between views; `memory_bank=True` adds a queue of negatives."""
+from ..heads import projection_head
+from ..losses import mean_over_view_pairs, nt_xent_loss
+from .base import SSLMethod
+from .queue import FeatureQueue
+
+
+class SimCLR(SSLMethod):
+    name = "simclr"
+    defaults = dict(optimizer="lars", lr=0.4, weight_decay=1e-5, proj_hidden_dim=2048, proj_output_dim=256,
+                    proj_layers=2, temperature=0.2, queue_size=4096)
+
+    def build_heads(self):
+        c = self.cfg
+        self.projector, out = projection_head(self.hparams.projectionhead, self.feat_dim, c["proj_hidden_dim"],
+                                              c["proj_output_dim"], c["proj_layers"])
+        self.queue = FeatureQueue(c["queue_size"], out) if self.hparams.memory_bank else None
+
+    def ssl_loss(self, feats, views):
+        zs = [self.projector(f) for f in feats]
+        t = self.cfg["temperature"]
+        if self.queue is None:
+            return mean_over_view_pairs(lambda a, b: nt_xent_loss(a, b, t), zs)
+        # With a memory bank, in-batch negatives are joined by the queue's older embeddings.
+        loss = mean_over_view_pairs(lambda a, b: nt_xent_loss(a, b, t, queue=self.queue.negatives_with(b)), zs)
+        self.queue.push(zs[0].detach())
+        return loss
