@@ -13,6 +13,12 @@ def nt_xent_loss(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float = 0.5,
     negatives are every other sample of both views in the (global) batch.
     With `queue` (MoCo) the positive is the other view and the negatives are the queue entries only;
     `z_b` is then the key (no gradient expected) and the loss is one-directional, as in MoCo.
+    This is the same as lightly's `NTXentLoss(memory_bank_size=(K, D))` whose bank holds `queue`:
+    lightly also uses only the bank as negatives, only `z_a` as queries, and the bank as it was
+    before this batch. The difference is who owns the queue: here the caller passes it and enqueues
+    the keys afterwards (autossl.methods.queue.FeatureQueue); lightly's loss enqueues `z_b` itself.
+    `queue` rows need not be normalised. Nothing is gathered on the queue path: the queue is
+    already global (FeatureQueue.push gathers the keys).
     """
     z_a = F.normalize(z_a, dim=1)
     z_b = F.normalize(z_b, dim=1)
