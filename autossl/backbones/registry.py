@@ -109,7 +109,12 @@ def create_backbone(name: str = "resnet18", *, image_size: int = 224, in_chans: 
         model.conv1 = nn.Conv2d(in_chans, width, 3, 1, 1, bias=False)
         model.maxpool = nn.Identity()
         spec["cifar_stem"] = True
-    return Backbone(model, model.num_features, spec)
+    elif cifar_stem is False:
+        spec["cifar_stem"] = False  # so a small-image backbone saved without the stem is rebuilt without it
+    # timm's `num_features` is the trunk width; models with a pre-logits layer (MobileNetV3) output
+    # `head_hidden_size` features once the classifier is removed.
+    width = getattr(model, "head_hidden_size", None) or model.num_features
+    return Backbone(model, width, spec)
 
 
 def _load_local(model: nn.Module, path: bool | str | Path) -> None:

@@ -89,10 +89,37 @@ def make_eval_loader(data: Any, *, batch_size: int = 256, image_size: int | None
     return _loader(ds, batch_size, False, False, num_workers, None)
 
 
+class SeededDataLoader(DataLoader):
+    """A DataLoader whose epoch e shuffles and augments from seed + e, whatever happened before.
+
+    Lightning saves and restores its `state_dict` with the checkpoint (it is a stateful loader), so a
+    run resumed at an epoch boundary draws exactly the batches an uninterrupted run would.
+    Workers are started per epoch (not persistent) so that their random streams are re-seeded too.
+    """
+
+    def __init__(self, *args, seed: int, **kwargs):
+        super().__init__(*args, generator=torch.Generator(), **kwargs)
+        self.seed, self.epoch = seed, 0
+
+    def __iter__(self):
+        seed = self.seed + self.epoch
+        self.epoch += 1
+        torch.manual_seed(seed)  # augmentations in the main process draw from the global generator
+        self.generator.manual_seed(seed)  # shuffling, and the base seed of every worker
+        return super().__iter__()
+
+    def state_dict(self) -> dict:
+        return {"seed": self.seed, "epoch": self.epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.seed, self.epoch = int(state["seed"]), int(state["epoch"])
+
+
 def _loader(ds: Dataset, batch_size: int, shuffle: bool, drop_last: bool, num_workers: int | None,
             seed: int | None) -> DataLoader:
     workers = default_workers() if num_workers is None else num_workers
-    generator = torch.Generator().manual_seed(seed) if seed is not None else None
-    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, num_workers=workers,
-                      collate_fn=collate_views, persistent_workers=workers > 0, generator=generator,
-                      pin_memory=torch.cuda.is_available())
+    common = dict(batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, num_workers=workers,
+                  collate_fn=collate_views, pin_memory=torch.cuda.is_available())
+    if seed is not None:
+        return SeededDataLoader(ds, seed=seed, **common)
+    return DataLoader(ds, persistent_workers=workers > 0, **common)

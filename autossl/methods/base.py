@@ -135,10 +135,6 @@ class SSLMethod(pl.LightningModule):
             self.log("tau", tau, on_step=True, on_epoch=False)
 
     def on_train_epoch_start(self) -> None:
-        # Re-seeding per epoch makes a resumed run draw the same shuffles and augmentations as an
-        # uninterrupted one (Lightning restores weights and optimiser, not the RNG).
-        if self.cfg.get("seed") is not None:
-            pl.seed_everything(int(self.cfg["seed"]) + self.current_epoch, workers=True, verbose=False)
         self._skipped = self._seen = 0
 
     def on_train_epoch_end(self) -> None:
@@ -170,12 +166,23 @@ class SSLMethod(pl.LightningModule):
                                      f"Lower optimizer.lr, add warmup, or train with precision=32")
 
     def _total_steps(self) -> int:
+        """Optimiser steps in the whole run, for the lr and momentum schedules.
+
+        Computed from the loader's length rather than `trainer.estimated_stepping_batches`, which
+        would start iterating the loader before a resumed run restores the loader's state."""
         if self.cfg.get("max_steps"):
             return int(self.cfg["max_steps"])
-        try:
-            return int(self.trainer.estimated_stepping_batches)
-        except Exception:
-            return 1000
+        if not hasattr(self, "_total_steps_cache"):
+            t = self.trainer
+            per_epoch = 0
+            try:
+                per_epoch = len(_train_loader(t)) // max(1, t.world_size)
+            except TypeError:  # an iterable without length
+                pass
+            by_epochs = per_epoch * (t.max_epochs or 0) // max(1, t.accumulate_grad_batches)
+            candidates = [n for n in (t.max_steps if t.max_steps and t.max_steps > 0 else 0, by_epochs) if n > 0]
+            self._total_steps_cache = min(candidates) if candidates else 1000
+        return self._total_steps_cache
 
     def configure_optimizers(self):
         batch = _batch_size_from_trainer(self.trainer) or 256
@@ -201,6 +208,7 @@ class SSLMethod(pl.LightningModule):
         checkpoint["autossl"] = {"method": self.name, "backbone": dict(self.backbone.spec)}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._restore_loader_state(checkpoint)
         saved = checkpoint.get("autossl")
         if not saved:
             return
@@ -209,6 +217,14 @@ class SSLMethod(pl.LightningModule):
         if mine != theirs:
             raise ValueError(f"checkpoint is {theirs['method']} with backbone {theirs['backbone']}, but this model is "
                              f"{mine['method']} with {mine['backbone']}; resume with the same method and backbone")
+
+    def _restore_loader_state(self, checkpoint: dict) -> None:
+        """Lightning restores a stateful loader only when resuming mid-epoch; at an epoch boundary we
+        do it, so the seeded loader continues with the next epoch's shuffle and augmentations."""
+        states = checkpoint.get("loops", {}).get("fit_loop", {}).get("state_dict", {}).get("combined_loader")
+        loader = _train_loader(self.trainer) if self._trainer else None
+        if states and hasattr(loader, "load_state_dict"):
+            loader.load_state_dict(states[0])
 
 
 def _infer_classes(knn: OnlineKNN) -> int:

@@ -27,7 +27,3 @@ class FeatureQueue(nn.Module):
     def negatives(self) -> torch.Tensor:
         """Queue entries written so far (random ones before the first push)."""
         return self.items[: int(self.filled)] if int(self.filled) else self.items
-
-    def negatives_with(self, batch: torch.Tensor) -> torch.Tensor:
-        """In-batch keys followed by the queue: negatives for SimCLR with a memory bank."""
-        return torch.cat([batch, self.negatives().to(batch.dtype)])

@@ -1,4 +1,4 @@
-"""SimCLR (Chen et al., 2020): NT-Xent between views; `memory_bank=True` adds a queue of negatives."""
+"""SimCLR (Chen et al., 2020): NT-Xent between views; `memory_bank=True` takes the negatives from a queue."""
 from ..heads import projection_head
 from ..losses import mean_over_view_pairs, nt_xent_loss
 from .base import SSLMethod
@@ -21,7 +21,7 @@ class SimCLR(SSLMethod):
         t = self.cfg["temperature"]
         if self.queue is None:
             return mean_over_view_pairs(lambda a, b: nt_xent_loss(a, b, t), zs)
-        # With a memory bank, in-batch negatives are joined by the queue's older embeddings.
-        loss = mean_over_view_pairs(lambda a, b: nt_xent_loss(a, b, t, queue=self.queue.negatives_with(b)), zs)
-        self.queue.push(zs[0].detach())
+        # With a memory bank the negatives are the queue of earlier embeddings (lightly's semantics).
+        loss = mean_over_view_pairs(lambda a, b: nt_xent_loss(a, b, t, queue=self.queue.negatives()), zs)
+        self.queue.push(zs[-1].detach())
         return loss

@@ -1,0 +1,124 @@
+"""`autossl` command line: pretrain, sweep, export, list, eval, compare, demo."""
+from __future__ import annotations
+
+import sys
+
+USAGE = """usage: autossl COMMAND [ARGS]
+
+commands:
+  pretrain [KEY=VALUE ...]        train one experiment (Hydra overrides), e.g.
+                                  autossl pretrain experiment=cifar10_byol optimizer.lr=0.5 data.num_views=4
+  sweep [KEY=A,B ...]             train every combination (Hydra multirun), e.g.
+                                  autossl sweep experiment=mnist_simclr data.num_views=2,4 method=vicreg,barlowtwins
+  export CHECKPOINT --out FILE    backbone weights only, as safetensors (name and arguments in its metadata)
+  list [methods|backbones|datasets|experiments]
+  eval knn|linear|finetune|transfer --checkpoint PATH --data DATA
+  compare RUN [RUN ...] --out table.md
+  demo [--quick]                  pretrain on the built-in MNIST digits and report k-NN accuracy
+
+main options (KEY=VALUE): method, model.backbone, model.projectionhead, model.params.*, data.dataset,
+  data.path, data.num_views, data.batch_size, data.image_size, optimizer.name, optimizer.lr,
+  trainer.max_epochs, trainer.max_steps, trainer.precision, checkpoint.dir, name, seed, resume=true
+  `autossl pretrain --cfg` prints the composed config without training.
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0
+    command, rest = argv[0], argv[1:]
+    handlers = {"pretrain": _pretrain, "sweep": _sweep, "export": _export, "list": _list, "eval": _eval,
+                "compare": _compare, "demo": _demo}
+    if command not in handlers:
+        import difflib
+
+        close = difflib.get_close_matches(command, list(handlers), n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        print(f"autossl: unknown command '{command}'{hint} (autossl --help lists them)", file=sys.stderr)
+        return 2
+    try:
+        return int(handlers[command](rest) or 0)
+    except (ValueError, FileNotFoundError, PermissionError, FloatingPointError, RuntimeError) as err:
+        # one clear line, not a traceback: every error we raise on bad input names the problem and the fix
+        print(f"autossl {command}: error: {str(err).splitlines()[0] if str(err) else type(err).__name__}", file=sys.stderr)
+        return 1
+
+
+def _pretrain(args: list[str]) -> int:
+    if any(a in ("-h", "--help") for a in args):
+        print(USAGE)
+        return 0
+    from omegaconf import OmegaConf
+
+    from ..train import compose, pretrain
+
+    show = "--cfg" in args
+    cfg = compose([a for a in args if a != "--cfg"])
+    if show:
+        print(OmegaConf.to_yaml(cfg, resolve=True))
+        return 0
+    summary = pretrain(cfg)
+    state = "interrupted" if summary["interrupted"] else "finished"
+    print(f"{state}: {summary['name']} after {summary['steps']} steps in {summary['seconds']} s; "
+          f"checkpoint {summary['checkpoint']}")
+    return 0
+
+
+def _sweep(args: list[str]) -> int:
+    from ..train.sweep import run_sweep
+
+    run_sweep(args)
+    return 0
+
+
+def _export(args: list[str]) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="autossl export", description="Export backbone weights as safetensors.")
+    p.add_argument("checkpoint")
+    p.add_argument("--out", default="backbone.safetensors")
+    a = p.parse_args(args)
+    from ..train.export import export_backbone
+
+    print(f"wrote {export_backbone(a.checkpoint, a.out)}")
+    return 0
+
+
+def _list(args: list[str]) -> int:
+    from ..backbones import available_backbones
+    from ..data.datasets import DATASETS
+    from ..methods import METHODS
+    from ..train.config import available_experiments
+
+    what = {"methods": lambda: list(METHODS), "backbones": lambda: available_backbones() + ["<any timm model name>"],
+            "datasets": lambda: list(DATASETS), "experiments": available_experiments}
+    wanted = args or list(what)
+    for name in wanted:
+        if name not in what:
+            raise ValueError(f"cannot list '{name}'; choose from {', '.join(what)}")
+        print(f"{name}: {', '.join(what[name]())}")
+    return 0
+
+
+def _eval(args: list[str]) -> int:
+    from ..evaluate.cli import main_eval
+
+    return main_eval(args)
+
+
+def _compare(args: list[str]) -> int:
+    from ..evaluate.cli import main_compare
+
+    return main_compare(args)
+
+
+def _demo(args: list[str]) -> int:
+    from .demo import main as demo_main
+
+    return demo_main(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""Features of a frozen backbone, computed once: every frozen-feature protocol (k-NN, linear probe,
+semi-supervised, embeddings) trains on these cached tensors instead of re-running the network."""
+from __future__ import annotations
+
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def as_features(out: Any) -> torch.Tensor:
+    """A network's output as [B, D]: the first of a tuple, a feature map average-pooled."""
+    if isinstance(out, (tuple, list)):
+        out = out[0]
+    if isinstance(out, dict):
+        out = next(iter(out.values()))
+    if out.ndim == 4:
+        out = F.adaptive_avg_pool2d(out, 1)
+    return out.flatten(1)
+
+
+def split_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images, labels) from an autossl eval batch {'image', 'label'} or a plain (x, y) pair."""
+    if isinstance(batch, dict):
+        if "image" in batch:
+            return batch["image"], batch["label"]
+        if batch.get("views"):
+            return batch["views"][0], batch["label"]
+        return torch.empty(0), batch.get("label", torch.empty(0, dtype=torch.long))
+    return batch[0], batch[1]
+
+
+@torch.no_grad()
+def extract_features(model: nn.Module, loader: Iterable, device: str | torch.device | None = None,
+                     bf16: bool = False, cache_path: str | Path | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(features float32 [N, D] on the CPU, labels [N]) in eval mode under no_grad, with optional
+    bf16 autocast. With `cache_path`, features saved there earlier are read back instead."""
+    if cache_path is not None and Path(cache_path).is_file():
+        cached = torch.load(cache_path, map_location="cpu", weights_only=True)
+        return cached["features"], cached["labels"]
+    device = torch.device(device) if device is not None else default_device()
+    was_training = model.training
+    param = next(model.parameters(), None)
+    home = param.device if param is not None else None
+    model.eval().to(device)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+    feats, labels = [], []
+    try:
+        for batch in loader:
+            images, y = split_batch(batch)
+            if len(images) == 0:
+                continue  # every file of this batch was unreadable
+            with autocast:
+                out = as_features(model(images.to(device, non_blocking=True)))
+            feats.append(out.float().cpu())
+            labels.append(torch.as_tensor(y).long().cpu())
+    finally:  # leave the caller's model as it was
+        model.train(was_training)
+        if home is not None:
+            model.to(home)
+    if not feats:
+        raise ValueError("no images could be read from the evaluation data; check the dataset path and files")
+    result = torch.cat(feats), torch.cat(labels)
+    if cache_path is not None:
+        Path(cache_path).parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"features": result[0], "labels": result[1]}, cache_path)
+    return result

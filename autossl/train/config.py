@@ -1,0 +1,149 @@
+"""Configuration: Hydra composes `global.yaml` + an experiment YAML + command-line overrides; then
+every key and value is validated, so a typo fails in one line that names the nearest valid key."""
+from __future__ import annotations
+
+import difflib
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+from omegaconf import DictConfig, OmegaConf
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+USER_EXPERIMENTS = "experiments"  # ./experiments/NAME.yaml, as the earlier autoSSL laid them out
+PRECISIONS = ("32", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "64")
+FREE_FORM = ("model.params",)  # method hyper-parameters: checked against the method instead
+
+
+class ConfigError(ValueError):
+    """A bad configuration key or value (the message is one line)."""
+
+
+def _known_keys() -> set[str]:
+    base = OmegaConf.load(CONF_DIR / "global.yaml")
+    base.pop("defaults", None)
+    return set(_flatten(OmegaConf.to_container(base, resolve=False)))
+
+
+def _flatten(d: Any, prefix: str = "") -> Iterable[str]:
+    if isinstance(d, dict):
+        if prefix:
+            yield prefix
+        for k, v in d.items():
+            if prefix in FREE_FORM:
+                continue
+            yield from _flatten(v, f"{prefix}.{k}" if prefix else str(k))
+    else:
+        yield prefix
+
+
+def _check_key(key: str, known: set[str], where: str) -> None:
+    if key in known or any(key.startswith(f + ".") for f in FREE_FORM) or key.startswith("hydra.") or key == "experiment":
+        return
+    close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.5)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    raise ConfigError(f"unknown config key '{key}' {where}{hint}")
+
+
+def available_experiments() -> list[str]:
+    names = {p.stem for p in (CONF_DIR / "experiment").glob("*.yaml")}
+    names |= {p.stem for p in Path(USER_EXPERIMENTS).glob("*.yaml")}
+    return sorted(names)
+
+
+def compose(overrides: list[str] | None = None) -> DictConfig:
+    """global.yaml <- experiment <- overrides, validated."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+
+    overrides = list(overrides or [])
+    known = _known_keys()
+    for o in overrides:
+        key = o.split("=", 1)[0].lstrip("+~")
+        if "=" not in o:
+            raise ConfigError(f"override '{o}' has no value; write key=value, e.g. optimizer.lr=0.5")
+        _check_key(key, known, "on the command line")
+        if key == "experiment" and o.split("=", 1)[1] not in available_experiments() + ["null"]:
+            name = o.split("=", 1)[1]
+            close = difflib.get_close_matches(name, available_experiments(), n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(f"unknown experiment '{name}'{hint} (autossl list experiments shows them)")
+    overrides = [_free_form(o) for o in overrides]
+    GlobalHydra.instance().clear()
+    with tempfile.TemporaryDirectory() as tmp:
+        search = []
+        if Path(USER_EXPERIMENTS).is_dir():  # expose ./experiments as the `experiment` group too
+            (Path(tmp) / "experiment").symlink_to(Path(USER_EXPERIMENTS).resolve())
+            search = [f"hydra.searchpath=[file://{tmp}]"]
+        try:
+            with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+                cfg = hydra_compose("global", overrides=search + overrides)
+        except HydraException as err:
+            raise ConfigError(str(err).splitlines()[0]) from None
+    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
+    validate(cfg, known)
+    return cfg
+
+
+def _free_form(override: str) -> str:
+    """Keys under model.params may be new: Hydra needs '+' to add them."""
+    key = override.split("=", 1)[0]
+    if key.startswith("model.params.") and not key.startswith(("+", "~")):
+        return "++" + override
+    return override
+
+
+def validate(cfg: DictConfig, known: set[str] | None = None) -> DictConfig:
+    """Reject unknown keys (a typo in an experiment YAML) and bad values, each in one line."""
+    known = known or _known_keys()
+    for key in _flatten(OmegaConf.to_container(cfg, resolve=False)):
+        _check_key(key, known, "in the experiment")
+    from ..backbones import resolve_name
+    from ..data.datasets import DATASETS
+    from ..methods import get_method
+    from .optim import OPTIMIZERS
+
+    method = _value(lambda: get_method(str(cfg.method)))
+    _value(lambda: resolve_name(str(cfg.model.backbone)))
+    if cfg.data.dataset not in DATASETS:
+        close = difflib.get_close_matches(str(cfg.data.dataset), DATASETS, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(f"data.dataset='{cfg.data.dataset}' is not one of {', '.join(DATASETS[:5])}{hint}")
+    if cfg.data.dataset == "folder" and not cfg.data.path:
+        raise ConfigError("data.dataset=folder needs data.path=/path/to/images")
+    lr = cfg.optimizer.lr
+    if lr is not None and not (isinstance(lr, (int, float)) and lr > 0):
+        raise ConfigError(f"optimizer.lr must be a positive number, got {lr}")
+    if cfg.optimizer.name is not None and str(cfg.optimizer.name).lower() not in OPTIMIZERS:
+        raise ConfigError(f"optimizer.name='{cfg.optimizer.name}' is not one of {', '.join(OPTIMIZERS)}")
+    if int(cfg.data.num_views) < method.min_views:
+        raise ConfigError(f"data.num_views={cfg.data.num_views} is too few for {cfg.method}: it needs at least {method.min_views}")
+    if int(cfg.data.batch_size) < 1:
+        raise ConfigError(f"data.batch_size must be at least 1, got {cfg.data.batch_size}")
+    if str(cfg.trainer.precision) not in PRECISIONS:
+        raise ConfigError(f"trainer.precision='{cfg.trainer.precision}' is not one of {', '.join(PRECISIONS)}")
+    if not 0 <= float(cfg.data.val_split) < 1:
+        raise ConfigError(f"data.val_split must be in [0, 1), got {cfg.data.val_split}")
+    allowed = set(method.defaults) | _init_args()
+    for k in (cfg.model.params or {}):
+        if k not in allowed:
+            close = difflib.get_close_matches(str(k), sorted(allowed), n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(f"unknown parameter model.params.{k} for {cfg.method}{hint}")
+    return cfg
+
+
+def _init_args() -> set[str]:
+    import inspect
+
+    from ..methods import SSLMethod
+
+    return {p for p in inspect.signature(SSLMethod.__init__).parameters if p not in ("self", "method_kwargs")}
+
+
+def _value(fn):
+    try:
+        return fn()
+    except ValueError as err:
+        raise ConfigError(str(err)) from None

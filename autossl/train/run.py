@@ -1,0 +1,127 @@
+"""Pretraining from a validated config: data, model, Lightning trainer, checkpoints, resume."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import Subset
+
+from ..data import Augment, make_dataloader, make_eval_loader
+from ..data.datasets import build_dataset
+from ..data.views import preset_for
+from ..methods import get_method
+from .callbacks import GracefulStop
+from .checkpoint import AtomicCheckpointIO, check_writable
+
+
+def run_dir(cfg: DictConfig) -> Path:
+    return Path(cfg.checkpoint.dir) / str(cfg.name)
+
+
+def build_loaders(cfg: DictConfig):
+    """Training loader of views, and a validation loader (held-out labelled images) or None."""
+    d = cfg.data
+    source: Any = d.path if d.dataset == "folder" else d.dataset
+    extra = {"root": d.root} if d.root else {}
+    full = build_dataset(source, train=True, **extra)
+    val_data = None
+    if d.val_path:
+        val_data = build_dataset(d.val_path, labelled=True)
+    elif float(d.val_split) > 0 and any(t >= 0 for t in getattr(full, "targets", [])[:1000]):
+        g = torch.Generator().manual_seed(int(cfg.seed))
+        order = torch.randperm(len(full), generator=g).tolist()
+        n_val = max(1, int(len(full) * float(d.val_split)))
+        val_data, full = Subset(full, order[:n_val]), Subset(full, order[n_val:])
+    preset = d.dataset if d.dataset != "folder" else None
+    a = d.augment
+    augment = Augment(crop_scale=(float(a.crop_min_scale), 1.0), jitter=tuple(a.jitter), jitter_prob=a.jitter_prob,
+                      grayscale_prob=a.grayscale_prob, solarize_prob=a.solarize_prob, hflip=a.hflip,
+                      blur_prob=(0.5 if preset_for(preset).blur else 0.0) if a.blur_prob is None else a.blur_prob)
+    train = make_dataloader(full, num_views=int(d.num_views), batch_size=int(d.batch_size), image_size=d.image_size,
+                            preset=preset, asymmetric=bool(d.asymmetric), num_local=int(d.num_local),
+                            local_size=d.local_size, augment=augment, num_workers=d.num_workers, seed=int(cfg.seed))
+    val = None
+    if val_data is not None:
+        val = make_eval_loader(val_data, batch_size=max(256, int(d.batch_size)), image_size=d.image_size,
+                               preset=preset, num_workers=d.num_workers)
+    return train, val
+
+
+def build_model(cfg: DictConfig, num_classes: int | None = None) -> pl.LightningModule:
+    m, o, d = cfg.model, cfg.optimizer, cfg.data
+    kwargs = dict(backbone=m.backbone, projectionhead=m.projectionhead, memory_bank=bool(m.memory_bank),
+                  image_size=int(d.image_size or preset_for(d.dataset if d.dataset != "folder" else None).image_size),
+                  pretrained=m.pretrained, forward_views=m.forward_views, optimizer=o.name, lr=o.lr,
+                  weight_decay=o.weight_decay, sgd_momentum=o.momentum, scale_lr=o.scale_lr,
+                  warmup_epochs=o.warmup_epochs, min_lr=o.min_lr, num_views=int(d.num_views), num_classes=num_classes,
+                  channels_last=bool(cfg.trainer.channels_last), compile=bool(cfg.trainer.compile), seed=int(cfg.seed),
+                  max_bad_fraction=float(d.max_bad_fraction))
+    kwargs.update(OmegaConf.to_container(m.params, resolve=True) or {})
+    return get_method(str(cfg.method))(**kwargs)
+
+
+def build_trainer(cfg: DictConfig, ckpt_dir: Path, callbacks: list | None = None) -> pl.Trainer:
+    from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+    from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+
+    t, lg = cfg.trainer, cfg.logging
+    log_dir = Path(lg.dir) / str(cfg.name)
+    loggers: list = []
+    if lg.csv:
+        loggers.append(CSVLogger(str(log_dir), name="csv", version=""))
+    if lg.tensorboard:
+        loggers.append(TensorBoardLogger(str(log_dir), name="tensorboard", version=""))
+    if lg.wandb:
+        from pytorch_lightning.loggers import WandbLogger
+
+        loggers.append(WandbLogger(project=lg.wandb_project, name=str(cfg.name), save_dir=str(log_dir)))
+    ckpt = ModelCheckpoint(dirpath=str(ckpt_dir), filename="epoch{epoch:03d}", auto_insert_metric_name=False,
+                           save_last=True, save_top_k=0, every_n_epochs=int(cfg.checkpoint.every_n_epochs))
+    cbs = [ckpt, GracefulStop(ckpt_dir / "last.ckpt")] + (callbacks or [])
+    if loggers:
+        cbs.append(LearningRateMonitor(logging_interval="step"))
+    precision = str(t.precision)
+    if precision == "16-mixed" and not torch.cuda.is_available():
+        raise ValueError("trainer.precision=16-mixed needs a GPU; on CPU use bf16-mixed or 32")
+    return pl.Trainer(max_epochs=int(t.max_epochs), max_steps=int(t.max_steps), precision=precision,
+                      accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, logger=loggers or False,
+                      callbacks=cbs, plugins=[AtomicCheckpointIO()], log_every_n_steps=int(t.log_every_n_steps),
+                      check_val_every_n_epoch=int(t.check_val_every_n_epoch), enable_progress_bar=bool(t.progress_bar),
+                      default_root_dir=str(log_dir), num_sanity_val_steps=0)
+
+
+def pretrain(cfg: DictConfig, callbacks: list | None = None) -> dict:
+    """Train one experiment. Writes <checkpoint.dir>/<name>/{config.yaml,last.ckpt,...}. Returns a summary."""
+    ckpt_dir = check_writable(run_dir(cfg))
+    check_writable(Path(cfg.logging.dir) / str(cfg.name))
+    pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    train, val = build_loaders(cfg)
+    model = build_model(cfg)
+    last = ckpt_dir / "last.ckpt"
+    ckpt_path = None
+    if cfg.resume:
+        if not last.exists():
+            raise FileNotFoundError(f"resume=true but {last} does not exist; run without resume=true first")
+        ckpt_path = str(last)
+    _write_config(cfg, ckpt_dir)
+    trainer = build_trainer(cfg, ckpt_dir, callbacks)
+    start = time.time()
+    trainer.fit(model, train, val, ckpt_path=ckpt_path)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    summary = {"name": str(cfg.name), "method": str(cfg.method), "steps": trainer.global_step,
+               "epochs": trainer.current_epoch, "seconds": round(time.time() - start, 1), "metrics": metrics,
+               "checkpoint": str(last), "interrupted": any(getattr(c, "received", None) for c in trainer.callbacks)}
+    (ckpt_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _write_config(cfg: DictConfig, folder: Path) -> None:
+    """The resolved config beside the checkpoints (atomically, like them)."""
+    tmp = folder / ".config.yaml.tmp"
+    tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    tmp.replace(folder / "config.yaml")
