@@ -9,6 +9,7 @@ import pytorch_lightning as pl
 
 class GracefulStop(pl.Callback):
     """On SIGINT or SIGTERM, finish the current step, write `last.ckpt`, and end `fit` normally.
+    At the end of any run, `last.ckpt` is brought up to the final step.
 
     The signal only sets a flag: the checkpoint is written between steps, never mid-update.
     """
@@ -38,8 +39,12 @@ class GracefulStop(pl.Callback):
             trainer.should_stop = True
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.received is not None:
+        # ModelCheckpoint saves at epoch ends; a run stopped by a signal or by max_steps mid-epoch
+        # still leaves last.ckpt at its final step.
+        saved_step = getattr(trainer.checkpoint_callback, "_last_global_step_saved", -1)
+        if saved_step != trainer.global_step or not self.last_path.exists():
             trainer.save_checkpoint(self.last_path)
+        if self.received is not None:
             pl.utilities.rank_zero_info(f"\nstopped by signal {signal.Signals(self.received).name} at step "
                                         f"{trainer.global_step}; wrote {self.last_path} (resume with resume=true)")
         self._restore()
