@@ -85,7 +85,10 @@ def create_backbone(name: str = "resnet18", *, image_size: int = 224, in_chans: 
 
     timm_name, defaults = TIMM_ALIASES.get(key, (key, {}))
     args: dict[str, Any] = {**defaults, **kwargs, "num_classes": 0, "in_chans": in_chans}
-    if pretrained:
+    use_cifar_stem = cifar_stem if cifar_stem is not None else (image_size <= SMALL_IMAGE)
+    # A local file for a small-image ResNet holds the 3x3 stem: it is loaded after the stem swap below.
+    load_after = pretrained and not isinstance(pretrained, bool) and use_cifar_stem and _is_resnet(timm_name)
+    if pretrained and not load_after:
         args["pretrained"] = True
         if not isinstance(pretrained, bool):
             path = Path(pretrained)
@@ -102,7 +105,6 @@ def create_backbone(name: str = "resnet18", *, image_size: int = 224, in_chans: 
             args.setdefault("window_size", max(1, image_size // 8))
             args.setdefault("patch_size", 2)
     model = timm.create_model(timm_name, **args)
-    use_cifar_stem = cifar_stem if cifar_stem is not None else (image_size <= SMALL_IMAGE)
     if use_cifar_stem and hasattr(model, "conv1") and hasattr(model, "maxpool"):
         # The ImageNet stem (7x7 stride 2 + max-pool) throws away 3/4 of a 32 px image's resolution.
         if isinstance(model.conv1, nn.Conv2d):
@@ -114,10 +116,27 @@ def create_backbone(name: str = "resnet18", *, image_size: int = 224, in_chans: 
         spec["cifar_stem"] = True
     elif cifar_stem is False:
         spec["cifar_stem"] = False  # so a small-image backbone saved without the stem is rebuilt without it
+    if load_after:
+        _load_with_timm(model, pretrained)
     # timm's `num_features` is the trunk width; models with a pre-logits layer (MobileNetV3) output
     # `head_hidden_size` features once the classifier is removed.
     width = getattr(model, "head_hidden_size", None) or model.num_features
     return Backbone(model, width, spec)
+
+
+def _is_resnet(timm_name: str) -> bool:
+    return timm_name.startswith(("resnet", "wide_resnet", "resnext", "seresnet"))
+
+
+def _load_with_timm(model: nn.Module, path: str | Path) -> None:
+    """timm's file reader (safetensors or torch, weights only); a classifier in the file is dropped."""
+    from timm.models import load_state_dict
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"pretrained weights file not found: {path}; give a .pth/.safetensors path or pretrained=True")
+    state = {k: v for k, v in load_state_dict(str(path), weights_only=True).items() if not k.startswith("fc.")}
+    model.load_state_dict(state)
 
 
 def _load_local(model: nn.Module, path: bool | str | Path) -> None:

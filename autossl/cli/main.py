@@ -14,6 +14,7 @@ commands:
   list [methods|backbones|datasets|experiments]
   eval knn|linear|finetune|transfer --checkpoint PATH --data DATA
   compare RUN [RUN ...] --out table.md
+  study SWEEP_DIR --out docs/views_study.md   tables and plots of a views sweep (accuracy and loss vs views)
   demo [--quick]                  pretrain on the built-in MNIST digits and report k-NN accuracy
 
 main options (KEY=VALUE): method, model.backbone, model.projectionhead, model.params.*, data.dataset,
@@ -30,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     command, rest = argv[0], argv[1:]
     handlers = {"pretrain": _pretrain, "sweep": _sweep, "export": _export, "list": _list, "eval": _eval,
-                "compare": _compare, "demo": _demo}
+                "compare": _compare, "demo": _demo, "study": _study}
     if command not in handlers:
         import difflib
 
@@ -112,6 +113,12 @@ def _compare(args: list[str]) -> int:
     from ..evaluate.cli import main_compare
 
     return main_compare(args)
+
+
+def _study(args: list[str]) -> int:
+    from ..evaluate.study import main as study_main
+
+    return study_main(args)
 
 
 def _demo(args: list[str]) -> int:

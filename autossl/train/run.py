@@ -88,7 +88,10 @@ def build_trainer(cfg: DictConfig, ckpt_dir: Path, callbacks: list | None = None
     precision = str(t.precision)
     if precision == "16-mixed" and not torch.cuda.is_available():
         raise ValueError("trainer.precision=16-mixed needs a GPU; on CPU use bf16-mixed or 32")
-    return pl.Trainer(max_epochs=int(t.max_epochs), max_steps=int(t.max_steps), precision=precision,
+    max_steps = int(t.max_steps)
+    if t.view_budget:  # equal compute across num_views: fewer steps when each image gives more views
+        max_steps = max(1, -(-int(t.view_budget) // (int(cfg.data.batch_size) * int(cfg.data.num_views))))
+    return pl.Trainer(max_epochs=-1 if t.view_budget else int(t.max_epochs), max_steps=max_steps, precision=precision,
                       accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, logger=loggers or False,
                       callbacks=cbs, plugins=[AtomicCheckpointIO()], log_every_n_steps=int(t.log_every_n_steps),
                       check_val_every_n_epoch=int(t.check_val_every_n_epoch), enable_progress_bar=bool(t.progress_bar),
