@@ -2,6 +2,7 @@
 quiet CPU Trainer factory. Everything is tiny so the whole suite runs on 2 CPU cores."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,11 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from PIL import Image
+
+# One intra-op thread by default: when other jobs share the 2 cores, a 2-thread OpenMP pool spins
+# waiting for a descheduled peer and a ResNet-18 step at 16 px took 4-6 s instead of 0.25 s
+# (measured at load average 6). Set AUTOSSL_TEST_THREADS=2 on an idle machine for ~1.5x speed.
+torch.set_num_threads(int(os.environ.get("AUTOSSL_TEST_THREADS", "1")))
 
 
 @pytest.fixture(scope="session")

@@ -129,7 +129,9 @@ class SSLMethod(pl.LightningModule):
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self.uses_momentum:
-            tau = cosine_tau(self.global_step, self._total_steps(), self.cfg.get("momentum_base", 0.99))
+            # global_step already counts the step just taken: index it from 0 so the first update
+            # uses momentum_base and the last is not a no-op at tau=1 (BYOL's schedule, k=0..K-1)
+            tau = cosine_tau(self.global_step - 1, self._total_steps(), self.cfg.get("momentum_base", 0.99))
             ema_update(self.backbone, self.target_backbone, tau)
             ema_update(self.projector, self.target_projector, tau)
             self.log("tau", tau, on_step=True, on_epoch=False)
