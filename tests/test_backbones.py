@@ -75,6 +75,22 @@ def test_pretrained_local_file_goes_through_timm(tmp_path):
         create_backbone("resnet18", pretrained=tmp_path / "missing.pth")
 
 
+def test_pretrained_local_file_for_small_image_resnet(tmp_path):
+    own = create_backbone("resnet18", image_size=32)  # 3x3 stem, as our own exports have
+    with torch.no_grad():
+        own.train()(torch.randn(4, 3, 16, 16))
+    save(own, tmp_path / "small.safetensors")
+    again = create_backbone("resnet18", image_size=32, pretrained=tmp_path / "small.safetensors")
+    assert torch.equal(_features(own, 16), _features(again, 16))
+
+    imagenet = timm.create_model("resnet18")  # a downloaded file: 7x7 stem and a classifier
+    torch.save(imagenet.state_dict(), tmp_path / "imagenet.pth")
+    with pytest.warns(UserWarning, match="stem does not fit"):
+        b = create_backbone("resnet18", image_size=32, pretrained=tmp_path / "imagenet.pth")
+    assert b.model.conv1.kernel_size == (3, 3)
+    assert torch.equal(b.model.layer4[1].conv2.weight, imagenet.layer4[1].conv2.weight)
+
+
 def test_pretrained_local_file_for_our_wide_resnet(tmp_path):
     a = create_backbone("wide_resnet28_2", image_size=16)
     with torch.no_grad():

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import difflib
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +137,13 @@ def _load_with_timm(model: nn.Module, path: str | Path) -> None:
     if not path.is_file():
         raise FileNotFoundError(f"pretrained weights file not found: {path}; give a .pth/.safetensors path or pretrained=True")
     state = {k: v for k, v in load_state_dict(str(path), weights_only=True).items() if not k.startswith("fc.")}
+    stem = state.get("conv1.weight")
+    if stem is not None and isinstance(model.conv1, nn.Conv2d) and stem.shape != model.conv1.weight.shape:
+        # An ImageNet file (7x7 stem) for a small-image ResNet (3x3 stem): keep every other layer.
+        warnings.warn(f"{path.name}: its {tuple(stem.shape[-2:])} stem does not fit the small-image 3x3 stem, which "
+                      f"starts from random weights (pass cifar_stem=False to keep the file's stem)", stacklevel=3)
+        del state["conv1.weight"]
+        state["conv1.weight"] = model.conv1.weight.detach().clone()
     model.load_state_dict(state)
 
 
