@@ -161,3 +161,35 @@ def test_queue_wraps_around_oldest_first():
     assert int(q.filled) == 5 and int(q.ptr) == 1
     assert q.items[0].tolist() == [0.0, 1.0] and q.items[2].tolist() == [1.0, 0.0]
     assert q.negatives().shape == (5, 2)
+
+
+def test_views_of_mixed_sizes_keep_their_order():
+    model = SimCLR(**TINY).eval()
+    views = [_views(1, size=16, seed=0)[0], _views(1, size=8, seed=1)[0], _views(1, size=16, seed=2)[0]]
+    with torch.no_grad():
+        concat = model.encode_views(views)  # the two 16 px views go through the backbone together
+        single = [model(v) for v in views]
+    for a, b in zip(concat, single):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_projection_heads_of_the_earlier_api():
+    from autossl.heads import projection_head
+
+    linear, out = projection_head("linear", 512, 2048, 128)
+    assert isinstance(linear, torch.nn.Linear) and (linear.in_features, out) == (512, 128)
+    mlp, out = projection_head("mlp", 512, 64, 32, num_layers=3)  # case-insensitive
+    assert [type(m).__name__ for m in mlp] == ["Linear", "BatchNorm1d", "ReLU"] * 2 + ["Linear"] and out == 32
+    none, out = projection_head("none", 512)
+    assert isinstance(none, torch.nn.Identity) and out == 512
+    model = SimCLR(projectionhead="linear", **TINY)
+    assert isinstance(model.projector, torch.nn.Linear)
+
+
+def test_lightly_style_and_plain_batches_are_understood():
+    model = SimCLR(**TINY)
+    views, labels = _views(), torch.arange(8)
+    for batch in ((views, labels, [f"{i}.png" for i in range(8)]), views):
+        assert torch.isfinite(model.training_step(batch, 0))
+    with pytest.raises(ValueError, match="num_views>=2"):  # (x, y) of a plain classification loader: one view
+        model.training_step((views[0], labels), 0)
