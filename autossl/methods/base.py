@@ -13,7 +13,10 @@ import pytorch_lightning as pl
 import torch
 import torch.nn as nn
 
+from pytorch_lightning.utilities import rank_zero_warn
+
 from ..backbones import create_backbone
+from ..heads import projection_head
 from ..train.optim import build_optimizer, build_scheduler, scaled_lr, split_decay
 from .batch import unpack_batch
 from .momentum import cosine_tau, ema_update, momentum_copy
@@ -24,6 +27,7 @@ class SSLMethod(pl.LightningModule):
     name = "base"
     min_views = 2
     uses_momentum = False  # True: a frozen EMA copy of backbone+projector is kept as `self.target_*`
+    supports_memory_bank = False  # True: `memory_bank=True` turns on a queue of negatives
     defaults: dict[str, Any] = {}  # per-method hyper-parameter defaults (lr, optimizer, head sizes, ...)
 
     def __init__(self, backbone: str = "resnet18", projectionhead: str = "MLP", memory_bank: bool = False, *,
@@ -61,8 +65,17 @@ class SSLMethod(pl.LightningModule):
 
     # ---- what a method provides -------------------------------------------------------------
     def build_heads(self) -> None:
-        """Create `self.projector` (and any predictor)."""
+        """Create `self.projector` (and any predictor); `build_projector` does the common part."""
         raise NotImplementedError
+
+    def build_projector(self, last_bn: bool = False) -> int:
+        """`self.projector` from the earlier API's `projectionhead` and the proj_* sizes; returns its width."""
+        c = self.cfg
+        self.projector, out = projection_head(self.hparams.projectionhead, self.feat_dim, c["proj_hidden_dim"],
+                                              c["proj_output_dim"], c["proj_layers"], last_bn=last_bn)
+        if self.hparams.memory_bank and not self.supports_memory_bank:
+            rank_zero_warn(f"memory_bank=True has no effect on {type(self).__name__}: it uses no negatives")
+        return out
 
     def ssl_loss(self, feats: list[torch.Tensor], views: list[torch.Tensor]) -> torch.Tensor:
         """The method's objective from the backbone features of each view."""

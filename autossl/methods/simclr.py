@@ -1,5 +1,4 @@
 """SimCLR (Chen et al., 2020): NT-Xent between views; `memory_bank=True` takes the negatives from a queue."""
-from ..heads import projection_head
 from ..losses import mean_over_view_pairs, nt_xent_loss
 from .base import SSLMethod
 from .queue import FeatureQueue
@@ -7,14 +6,13 @@ from .queue import FeatureQueue
 
 class SimCLR(SSLMethod):
     name = "simclr"
+    supports_memory_bank = True
     defaults = dict(optimizer="lars", lr=0.4, weight_decay=1e-5, proj_hidden_dim=2048, proj_output_dim=256,
                     proj_layers=2, temperature=0.2, queue_size=4096)
 
     def build_heads(self):
-        c = self.cfg
-        self.projector, out = projection_head(self.hparams.projectionhead, self.feat_dim, c["proj_hidden_dim"],
-                                              c["proj_output_dim"], c["proj_layers"])
-        self.queue = FeatureQueue(c["queue_size"], out) if self.hparams.memory_bank else None
+        out = self.build_projector()
+        self.queue = FeatureQueue(self.cfg["queue_size"], out) if self.hparams.memory_bank else None
 
     def ssl_loss(self, feats, views):
         zs = [self.projector(f) for f in feats]

@@ -1,7 +1,5 @@
 """VICReg (Bardes et al., 2022): invariance, variance and covariance terms on the embeddings."""
-from ..heads import projection_head
 from ..losses import mean_over_view_pairs, vicreg_loss
-from .barlowtwins import _warn_memory_bank
 from .base import SSLMethod
 
 
@@ -11,10 +9,7 @@ class VICReg(SSLMethod):
                     proj_layers=3, sim_weight=25.0, var_weight=25.0, cov_weight=1.0)
 
     def build_heads(self):
-        c = self.cfg
-        self.projector, _ = projection_head(self.hparams.projectionhead, self.feat_dim, c["proj_hidden_dim"],
-                                            c["proj_output_dim"], c["proj_layers"])
-        _warn_memory_bank(self)
+        self.build_projector()
 
     def ssl_loss(self, feats, views):
         zs = [self.projector(f) for f in feats]
