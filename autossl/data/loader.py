@@ -7,6 +7,7 @@ from typing import Any, Callable
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from .batch_views import BatchViewCollate, make_batch_views
 from .datasets import build_dataset, num_classes_of
 from .views import Augment, eval_transform, make_views, preset_for
 
@@ -65,19 +66,30 @@ def _check_batch(dataset: Dataset, batch_size: int, drop_last: bool) -> None:
 def make_dataloader(data: Any = "mnist", *, num_views: int = 2, batch_size: int = 128, image_size: int | None = None,
                     preset: str | None = None, asymmetric: bool = False, num_local: int = 0, local_size: int | None = None,
                     augment: Augment | None = None, num_workers: int | None = None, shuffle: bool = True,
-                    drop_last: bool = True, seed: int | None = None, **dataset_kwargs: Any) -> DataLoader:
+                    drop_last: bool = True, seed: int | None = None, batched_views: bool = False,
+                    **dataset_kwargs: Any) -> DataLoader:
     """A training DataLoader of views: `trainer.fit(model, make_dataloader('mnist', num_views=4))`.
 
     `data` is a dataset name, a folder path, arrays `(X, y)` or a Dataset. Batches are dicts with
     `views` (list of [B, C, H, W] tensors), `label` (-1 when unlabelled) and `skipped` (unreadable files).
+    `batched_views=True` augments each stacked batch at once (batch_views.py): the same recipe, several
+    times cheaper on a CPU than per-image transforms.
     """
     dataset = build_dataset(data, **dataset_kwargs)
     preset = preset or (data if isinstance(data, str) and not os.path.exists(data) else None)
-    views = make_views(preset, num_views, image_size, asymmetric=asymmetric, num_local=num_local,
-                       local_size=local_size, augment=augment)
-    ds = TransformedDataset(dataset, views)
+    view_args = dict(asymmetric=asymmetric, num_local=num_local, local_size=local_size, augment=augment)
+    if batched_views:
+        collate = BatchViewCollate(make_batch_views(preset, num_views, image_size, **view_args))
+        ds = TransformedDataset(dataset, _identity)
+    else:
+        collate = collate_views
+        ds = TransformedDataset(dataset, make_views(preset, num_views, image_size, **view_args))
     _check_batch(ds, batch_size, drop_last)
-    return _loader(ds, batch_size, shuffle, drop_last, num_workers, seed)
+    return _loader(ds, batch_size, shuffle, drop_last, num_workers, seed, collate)
+
+
+def _identity(image: Any) -> Any:
+    return image
 
 
 def make_eval_loader(data: Any, *, batch_size: int = 256, image_size: int | None = None, preset: str | None = None,
@@ -116,10 +128,10 @@ class SeededDataLoader(DataLoader):
 
 
 def _loader(ds: Dataset, batch_size: int, shuffle: bool, drop_last: bool, num_workers: int | None,
-            seed: int | None) -> DataLoader:
+            seed: int | None, collate: Callable = collate_views) -> DataLoader:
     workers = default_workers() if num_workers is None else num_workers
     common = dict(batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, num_workers=workers,
-                  collate_fn=collate_views, pin_memory=torch.cuda.is_available())
+                  collate_fn=collate, pin_memory=torch.cuda.is_available())
     if seed is not None:
         return SeededDataLoader(ds, seed=seed, **common)
     return DataLoader(ds, persistent_workers=workers > 0, **common)
