@@ -12,6 +12,7 @@ features recomputed through the frozen backbone, SGD with momentum and a cosine 
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -71,26 +72,42 @@ def train_linear_grid(x: torch.Tensor, y: torch.Tensor, num_classes: int, config
     steps_per_epoch = math.ceil(n / bs)
     total = max(1, epochs * steps_per_epoch)
     step = 0
-    for _ in range(epochs):
-        order = torch.randperm(n, generator=gen).to(device) if bs < n else None
-        for s in range(steps_per_epoch):
-            idx = order[s * bs:(s + 1) * bs] if order is not None else slice(None)
-            xb, yb = xs[idx], y[idx]
-            logits = (xb @ w.view(d, g * c)).view(-1, g, c) + b  # [B, G, C]
-            # mean cross-entropy per config, summed over configs (their gradients do not interact)
-            ce = F.cross_entropy(logits.permute(0, 2, 1), yb[:, None].expand(-1, g), reduction="mean") * g
-            loss = ce + 0.5 * (l2 * w.pow(2).sum(dim=(0, 2))).sum()
-            grads = torch.autograd.grad(loss, (w, b))
-            step += 1
-            lr_now = lrs * 0.5 * (1 + math.cos(math.pi * (step - 1) / total))
-            with torch.no_grad():
-                for p, grad, (m, v), shape in zip((w, b), grads, moments, ((1, g, 1), (g, 1))):
-                    m.mul_(beta1).add_(grad, alpha=1 - beta1)
-                    v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-                    m_hat, v_hat = m / (1 - beta1 ** step), v / (1 - beta2 ** step)
-                    p.sub_(lr_now.view(shape) * m_hat / (v_hat.sqrt() + eps))
+    with _few_threads_if_tiny(device, bs * d * g * c):
+        for _ in range(epochs):
+            order = torch.randperm(n, generator=gen).to(device) if bs < n else None
+            for s in range(steps_per_epoch):
+                idx = order[s * bs:(s + 1) * bs] if order is not None else slice(None)
+                xb, yb = xs[idx], y[idx]
+                logits = (xb @ w.view(d, g * c)).view(-1, g, c) + b  # [B, G, C]
+                # mean cross-entropy per config, summed over configs (their gradients do not interact)
+                ce = F.cross_entropy(logits.permute(0, 2, 1), yb[:, None].expand(-1, g), reduction="mean") * g
+                loss = ce + 0.5 * (l2 * w.pow(2).sum(dim=(0, 2))).sum()
+                grads = torch.autograd.grad(loss, (w, b))
+                step += 1
+                lr_now = lrs * 0.5 * (1 + math.cos(math.pi * (step - 1) / total))
+                with torch.no_grad():
+                    for p, grad, (m, v), shape in zip((w, b), grads, moments, ((1, g, 1), (g, 1))):
+                        m.mul_(beta1).add_(grad, alpha=1 - beta1)
+                        v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+                        m_hat, v_hat = m / (1 - beta1 ** step), v / (1 - beta2 ** step)
+                        p.sub_(lr_now.view(shape) * m_hat / (v_hat.sqrt() + eps))
     w, b = w.detach(), b.detach()
     return [LinearProbe(mean.to(device), std.to(device), w[:, i].contiguous(), b[i].clone()) for i in range(g)]
+
+
+@contextmanager
+def _few_threads_if_tiny(device: torch.device, macs_per_step: int):
+    """On the CPU, steps this small are dominated by thread start-up (and, on a busy machine, by
+    threads waiting for each other): one thread runs them several times faster."""
+    if device.type != "cpu" or macs_per_step > 50_000_000 or torch.get_num_threads() == 1:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _val_cut(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray] | None:
@@ -132,11 +149,13 @@ def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Ten
 def linear_probe_augmented(encoder: nn.Module, train: Dataset, test: Dataset, num_classes: int, *, epochs: int = 10,
                            lr: float = 0.1, weight_decay: float = 0.0, batch_size: int = 256, image_size: int = 32,
                            preset: str | None = None, num_workers: int = 0, seed: int = 0, bf16: bool = False,
-                           device: str | torch.device | None = None) -> tuple[torch.Tensor, dict]:
+                           device: str | torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """The classic protocol: frozen backbone (eval mode), augmented views every epoch, SGD(momentum 0.9)
-    with cosine decay on a linear layer. Returns test logits and the settings."""
+    with cosine decay on a linear layer. Returns test logits, test labels and the settings."""
     device = torch.device(device) if device is not None else default_device()
     torch.manual_seed(seed)
+    was_training = encoder.training
+    home = next(encoder.parameters(), torch.empty(0)).device
     encoder = encoder.to(device).eval()
     loader = eval_loader(train, image_size=image_size, preset=preset, batch_size=batch_size, num_workers=num_workers,
                          augment=True, shuffle=True, seed=seed)
@@ -159,10 +178,11 @@ def linear_probe_augmented(encoder: nn.Module, train: Dataset, test: Dataset, nu
             opt.step()
             sched.step()
     test_loader = eval_loader(test, image_size=image_size, preset=preset, batch_size=batch_size, num_workers=num_workers)
-    feats, _ = extract_features(encoder, test_loader, device=device, bf16=bf16)
+    feats, labels = extract_features(encoder, test_loader, device=device, bf16=bf16)
     with torch.no_grad():
         logits = head(feats.to(device)).cpu()
     info = {"lr": lr, "weight_decay": weight_decay, "epochs": epochs, "batch_size": batch_size,
             "optimizer": "sgd(momentum 0.9)+cosine, random-resized-crop+flip, frozen backbone"}
-    return logits, info
+    encoder.train(was_training).to(home)  # leave the caller's model as it was
+    return logits, labels, info
 

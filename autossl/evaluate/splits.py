@@ -41,7 +41,7 @@ def dataset_labels(ds: Dataset) -> np.ndarray:
     return np.asarray([int(ds[i][1]) for i in range(len(ds))], dtype=np.int64)
 
 
-def _build(data: Any, train: bool = True) -> Dataset:
+def build_source(data: Any, train: bool = True) -> Dataset:
     if isinstance(data, (str, Path)) and str(data).endswith(".npz"):
         if not Path(data).is_file():
             raise FileNotFoundError(f"arrays file not found: {data}")
@@ -53,13 +53,13 @@ def _build(data: Any, train: bool = True) -> Dataset:
     return build_dataset(data, train=train)
 
 
-def _name(data: Any) -> str | None:
+def dataset_name(data: Any) -> str | None:
     if isinstance(data, str) and not os.path.exists(data) and os.sep not in data:
         return data.lower().replace("-", "").replace("_", "")
     return None
 
 
-def _labelled(ds: Dataset, what: str) -> Dataset:
+def labelled_only(ds: Dataset, what: str) -> Dataset:
     labels = dataset_labels(ds)
     keep = np.flatnonzero(labels >= 0)
     if len(keep) == 0:
@@ -75,8 +75,10 @@ def stratified_split(ds: Dataset, test_size: float = 0.2, seed: int = 0) -> tupl
         raise ValueError(f"test_size must be between 0 and 1, got {test_size}")
     labels = dataset_labels(ds)
     idx = np.arange(len(labels))
-    counts = np.bincount(labels[labels >= 0]) if len(labels) else np.array([])
-    stratify = labels if counts[counts > 0].min(initial=0) >= 2 and len(labels) * test_size >= (counts > 0).sum() else None
+    counts = np.unique(labels, return_counts=True)[1]
+    # sklearn stratifies only when every class has 2+ images and each side can hold one of every class
+    fits = min(len(labels) * test_size, len(labels) * (1 - test_size)) >= len(counts)
+    stratify = labels if len(counts) and counts.min() >= 2 and fits else None
     tr, te = train_test_split(idx, test_size=test_size, random_state=seed, stratify=stratify)
     how = "stratified" if stratify is not None else "random"
     desc = f"{round((1 - test_size) * 100)}/{round(test_size * 100)} {how} split, seed {seed}"
@@ -92,20 +94,20 @@ def eval_splits(dataset: Any, test_dataset: Any = None, *, test_size: float = 0.
         if "train" not in dataset or "test" not in dataset:
             raise ValueError("a dataset dict needs 'train' and 'test' entries")
         dataset, test_dataset = dataset["train"], dataset["test"]
-    name = _name(dataset)
+    name = dataset_name(dataset)
     preset = name if name in PRESETS else None
     if test_dataset is not None:
-        train, test, split = _build(dataset), _build(test_dataset), "given train and test sets"
+        train, test, split = build_source(dataset), build_source(test_dataset), "given train and test sets"
     elif name in OFFICIAL_TEST:
-        train, test, split = _build(dataset, True), _build(dataset, False), f"official {name} train/test split"
+        train, test, split = build_source(dataset, True), build_source(dataset, False), f"official {name} train/test split"
     elif isinstance(dataset, (str, Path)) and Path(dataset).is_dir() and _split_folders(Path(dataset)):
         tr_dir, te_dir = _split_folders(Path(dataset))
         train, test, split = build_dataset(tr_dir, labelled=True), build_dataset(te_dir, labelled=True), \
             f"folders {tr_dir.name}/ and {te_dir.name}/"
     else:
-        full = _labelled(_build(dataset), "evaluation")
+        full = labelled_only(build_source(dataset), "evaluation")
         train, test, split = stratified_split(full, test_size, seed)
-    train, test = _labelled(train, "training"), _labelled(test, "test")
+    train, test = labelled_only(train, "training"), labelled_only(test, "test")
     ys = np.concatenate([dataset_labels(train), dataset_labels(test)])
     num_classes = max(int(ys.max()) + 1, len(getattr(_root(train), "classes", None) or []))
     return EvalData(train, test, num_classes, split, preset)
