@@ -98,7 +98,10 @@ def test_metrics_match_sklearn():
         assert ours["precision"] == pytest.approx(skm.precision_score(y, pred, average=average, zero_division=0), abs=1e-5)
         assert ours["recall"] == pytest.approx(skm.recall_score(y, pred, average=average), abs=1e-5)
         assert ours["f1"] == pytest.approx(skm.f1_score(y, pred, average=average), abs=1e-5)
-    ours = compute_metrics(scores, labels, 6, ["accuracy", "balanced_accuracy", "top3_accuracy"], average="micro")
+    for average in ("macro", "micro"):  # accuracy is sklearn's accuracy_score whatever `average` says
+        ours = compute_metrics(scores, labels, 6, ["accuracy", "balanced_accuracy", "top3_accuracy"], average=average)
+        assert ours["accuracy"] == pytest.approx(skm.accuracy_score(y, pred), abs=1e-6)
+    assert ours["accuracy"] != pytest.approx(ours["balanced_accuracy"], abs=1e-4)  # the two do differ here
     assert ours["accuracy"] == pytest.approx(skm.accuracy_score(y, pred), abs=1e-6)
     assert ours["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(y, pred), abs=1e-6)
     assert ours["top3_accuracy"] == pytest.approx(skm.top_k_accuracy_score(y, scores.numpy(), k=3), abs=1e-6)

@@ -12,7 +12,7 @@ commands:
                                   autossl sweep experiment=mnist_simclr data.num_views=2,4 method=vicreg,barlowtwins
   export CHECKPOINT --out FILE    backbone weights only, as safetensors (name and arguments in its metadata)
   list [methods|backbones|datasets|experiments]
-  eval knn|linear|finetune|transfer --checkpoint PATH --data DATA
+  eval knn|linear|semisup|finetune|transfer|embed --checkpoint PATH --data DATA
   compare RUN [RUN ...] --out table.md
   study SWEEP_DIR --out docs/views_study.md   tables and plots of a views sweep (accuracy and loss vs views)
   demo [--quick]                  pretrain on the built-in MNIST digits and report k-NN accuracy

@@ -1,8 +1,10 @@
 """Classification scores from class scores [N, C] and labels, through torchmetrics.
 
 Names: accuracy, top{K}_accuracy (e.g. top5_accuracy; `top_k_accuracy` uses top_k, at least 2),
-precision, recall, f1, balanced_accuracy. `average` ('macro', 'micro', 'weighted') and `top_k`
-mean what they mean in torchmetrics: accuracy with average='macro' is the mean per-class accuracy.
+precision, recall, f1, balanced_accuracy. Accuracy is the plain fraction of correct predictions (as
+scikit-learn's accuracy_score and the k-NN numbers papers report); `average` ('macro', 'micro',
+'weighted') applies to precision, recall and F1 as in torchmetrics/scikit-learn; balanced_accuracy is
+the mean per-class recall.
 """
 from __future__ import annotations
 
@@ -57,11 +59,11 @@ def compute_metrics(scores: torch.Tensor, labels: torch.Tensor, num_classes: int
     out = {}
     for name in metric_names(metric):
         if name == "accuracy":
-            value = multiclass_accuracy(scores, labels, num_classes, average=average, top_k=k)
+            value = multiclass_accuracy(scores, labels, num_classes, average="micro", top_k=k)
         elif name == "top_k_accuracy" or name.startswith("top"):
             kk = max(2, top_k) if name == "top_k_accuracy" else int(name[3:].split("_")[0])
             name = f"top{kk}_accuracy"
-            value = multiclass_accuracy(scores, labels, num_classes, average=average, top_k=min(kk, num_classes))
+            value = multiclass_accuracy(scores, labels, num_classes, average="micro", top_k=min(kk, num_classes))
         elif name == "precision":
             value = multiclass_precision(scores, labels, num_classes, average=average, top_k=k)
         elif name == "recall":
