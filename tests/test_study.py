@@ -91,6 +91,26 @@ def test_no_runs_and_missing_folder_are_clear(tmp_path):
         st.find_runs([tmp_path / "nope"])
 
 
+def test_runs_without_heldout_images_are_skipped(sweep, tmp_path):
+    """A run that cannot be scored (here: no held-out split, like the SimCLR run that makes a pretrained
+    start) is skipped with a note; a study with nothing to score fails in one line."""
+    import shutil
+
+    from omegaconf import OmegaConf
+
+    bad = tmp_path / "only_bad" / "nolabels"
+    shutil.copytree(sweep / "sweep" / "views2", bad)
+    (bad / st.CACHE).unlink(missing_ok=True)
+    cfg = OmegaConf.load(bad / "config.yaml")
+    cfg.data.val_split = 0
+    OmegaConf.save(cfg, bad / "config.yaml")
+    with pytest.raises(ValueError, match="no run could be scored: .*val_split"):
+        st.study([bad.parent], starts=False, verbose=False)
+    shutil.copytree(sweep / "sweep" / "views4", tmp_path / "only_bad" / "good")
+    rows, _ = st.study([bad.parent], max_train=60, max_test=40, probe_epochs=3, starts=False, verbose=False)
+    assert rows.run.tolist() == [str(tmp_path / "only_bad" / "good")]
+
+
 def test_run_without_heldout_images_is_refused():
     cfg = compose(TINY + ["data.val_split=0"])
     with pytest.raises(ValueError, match="no held-out images.*val_split"):

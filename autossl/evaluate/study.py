@@ -180,12 +180,19 @@ def study(dirs: Sequence[str | Path], *, knn_k: int = KNN_K, probe_epochs: int =
           verbose: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(one row per run and regime, one row per starting backbone) for the runs under `dirs`."""
     options = dict(knn_k=knn_k, probe_epochs=probe_epochs, max_train=max_train, max_test=max_test, device=device)
-    rows = []
+    rows, skipped = [], []
     for folder in find_runs(dirs):
-        rows.append(evaluate_run(folder, **options))
+        try:
+            rows.append(evaluate_run(folder, **options))
+        except ValueError as err:  # e.g. the run that made a pretrained start, with no held-out labelled images
+            skipped.append(str(err))
+            print(f"skipped {folder}: {err}")
+            continue
         if verbose:
             r = rows[-1]
             print(f"{folder}: k-NN {r['knn_acc']:.3f}, linear {r['linear_acc']:.3f}, held-out loss {r['heldout_loss']:.3f}")
+    if not rows:
+        raise ValueError(f"no run could be scored: {skipped[0]}")
     df = pd.DataFrame(rows)
     both = pd.concat([df[df.regime == "equal epochs"], compute_curves(df)], ignore_index=True)
     both = both.sort_values(["regime", "start", "method", "num_views"], ascending=[False, False, True, True])
