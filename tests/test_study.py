@@ -63,7 +63,7 @@ def test_report_on_a_tiny_sweep(sweep, tmp_path, monkeypatch):
     st.write_report(rows, starts, out)
     text = out.read_text()
     assert "my findings" in text and "old table" not in text  # the keep block survives, the rest is regenerated
-    assert "| vicreg | random | 4 | 1 | 8 | 32 |" in text
+    assert "| vicreg | random | 4 | 0 | 1 | 8 | 32 |" in text  # method, start, N, seed, steps, images, views
     assert "## Equal epochs" in text and "## Equal compute" in text
     for regime in ("equal_epochs", "equal_compute"):
         png = out.with_name(f"views_study_{regime}.png")

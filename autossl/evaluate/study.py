@@ -33,8 +33,6 @@ from .linear import linear_probe
 CACHE = "study_eval.json"
 KNN_K = 20  # the bank is a few thousand images: 200 neighbours (the ImageNet/CIFAR default) would span whole classes
 KEEP_START, KEEP_END = "<!-- keep -->", "<!-- /keep -->"  # hand-written notes that survive a re-run
-COLUMNS = ["method", "start", "regime", "num_views", "steps", "images_seen", "views_seen", "train_loss",
-           "heldout_loss", "knn_acc", "linear_acc", "train_seconds", "run"]
 
 
 def find_runs(dirs: Sequence[str | Path]) -> list[Path]:
@@ -126,18 +124,24 @@ def evaluate_run(folder: Path, **options: Any) -> dict:
     cache = folder / CACHE
     scores = None
     if cache.is_file():
-        saved = json.loads(cache.read_text())
+        try:
+            saved = json.loads(cache.read_text())
+        except json.JSONDecodeError:
+            saved = {}  # a damaged cache: score again
         scores = saved["scores"] if saved.get("key") == key else None
     if scores is None:
         from ..train.export import backbone_from_checkpoint
 
         scores = score_backbone(backbone_from_checkpoint(ckpt), cfg, **options)
         scores["heldout_loss"] = heldout_ssl_loss(ckpt, cfg, max_test=options.get("max_test"))
-        cache.write_text(json.dumps({"key": key, "scores": scores}, indent=2))
+        tmp = cache.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"key": key, "scores": scores}, indent=2))
+        tmp.replace(cache)  # atomic: a study running beside this one never reads half a file
     metrics = summary.get("metrics", {})
     steps, n_views, bs = int(summary["steps"]), int(cfg.data.num_views), int(cfg.data.batch_size)
     return {"method": str(cfg.method), "start": start_label(cfg),
             "regime": "equal compute" if cfg.trainer.view_budget else "equal epochs", "num_views": n_views,
+            "seed": int(cfg.seed),
             "steps": steps, "images_seen": steps * bs, "views_seen": steps * bs * n_views,
             "train_loss": metrics.get("train_loss_step", metrics.get("train_loss", math.nan)),
             "heldout_loss": scores["heldout_loss"], "knn_acc": scores["knn_acc"], "linear_acc": scores["linear_acc"],
@@ -195,7 +199,8 @@ def study(dirs: Sequence[str | Path], *, knn_k: int = KNN_K, probe_epochs: int =
         raise ValueError(f"no run could be scored: {skipped[0]}")
     df = pd.DataFrame(rows)
     both = pd.concat([df[df.regime == "equal epochs"], compute_curves(df)], ignore_index=True)
-    both = both.sort_values(["regime", "start", "method", "num_views"], ascending=[False, False, True, True])
+    both = both.sort_values(["regime", "start", "method", "num_views", "seed"],
+                            ascending=[False, False, True, True, True])
     ref = evaluate_starts(df, **options) if starts else pd.DataFrame(columns=["start", "knn_acc", "linear_acc"])
     return both.reset_index(drop=True), ref
 
@@ -217,7 +222,9 @@ def plot_regime(rows: pd.DataFrame, ref: pd.DataFrame, regime: str, path: Path) 
     axes = axes[0]
     for ax, metric, title in ((axes[0], "linear_acc", "linear-probe accuracy"), (axes[1], "knn_acc", "k-NN accuracy")):
         for (m, s), g in rows.groupby(["method", "start"]):
-            ax.plot(g.num_views, g[metric], styles[s], color=colours[m], marker="o", label=f"{m}, {s}")
+            mean, std = _over_seeds(g, metric)
+            ax.errorbar(mean.index, mean, yerr=std, ls=styles[s], color=colours[m], marker="o", capsize=3,
+                        label=f"{m}, {s}")
         for i, r in ref.iterrows():
             if r.start in styles:
                 ax.axhline(r[metric], color="grey", ls=styles[r.start], lw=0.8, label=f"{r.start}, untrained")
@@ -225,9 +232,11 @@ def plot_regime(rows: pd.DataFrame, ref: pd.DataFrame, regime: str, path: Path) 
         ax.set_ylabel("held-out accuracy")
     for ax, m in zip(axes[2:], methods):
         for s, g in rows[rows.method == m].groupby("start"):
-            ax.plot(g.num_views, g.heldout_loss, styles[s], color=colours[m], marker="o", label=f"held-out, {s}")
-            ax.plot(g.num_views, g.train_loss, styles[s], color=colours[m], marker="x", alpha=0.5,
-                    label=f"last training batch, {s}")
+            for metric, marker, alpha, what in (("heldout_loss", "o", 1.0, "held-out"),
+                                                 ("train_loss", "x", 0.5, "last training batch")):
+                mean, std = _over_seeds(g, metric)
+                ax.errorbar(mean.index, mean, yerr=std, ls=styles[s], color=colours[m], marker=marker, alpha=alpha,
+                            capsize=3, label=f"{what}, {s}")
         ax.set_title(f"{m} SSL loss (projector kept)")
         ax.legend(fontsize=7)
     for ax in axes:
@@ -245,10 +254,16 @@ def plot_regime(rows: pd.DataFrame, ref: pd.DataFrame, regime: str, path: Path) 
     return path
 
 
+def _over_seeds(g: pd.DataFrame, metric: str) -> tuple[pd.Series, pd.Series]:
+    """Mean and standard deviation (0 for a single seed) of a metric per number of views."""
+    by = g.groupby("num_views")[metric]
+    return by.mean(), by.std(ddof=1).fillna(0.0)
+
+
 def _table(rows: pd.DataFrame) -> str:
-    cols = ["method", "start", "num_views", "steps", "images_seen", "views_seen", "train_loss", "heldout_loss",
+    cols = ["method", "start", "num_views", "seed", "steps", "images_seen", "views_seen", "train_loss", "heldout_loss",
             "knn_acc", "linear_acc", "train_seconds"]
-    head = ["method", "start", "views N", "steps", "images seen", "views seen", "train loss (last batch)",
+    head = ["method", "start", "views N", "seed", "steps", "images seen", "views seen", "train loss (last batch)",
             "held-out SSL loss", "k-NN acc", "linear acc", "train s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for _, r in rows.iterrows():
@@ -260,11 +275,11 @@ def _table(rows: pd.DataFrame) -> str:
 def _summary(rows: pd.DataFrame) -> list[str]:
     out = []
     for (regime, start, method), g in rows.groupby(["regime", "start", "method"], sort=False):
-        g = g.sort_values("num_views")
+        g = g.groupby("num_views")[["linear_acc", "knn_acc", "heldout_loss"]].mean().reset_index()  # over seeds
         best = g.loc[g.linear_acc.idxmax()]
         first, last = g.iloc[0], g.iloc[-1]
-        out.append(f"- {regime}, {start}, {method}: linear accuracy {first.linear_acc:.3f} at N={first.num_views} -> "
-                   f"{last.linear_acc:.3f} at N={last.num_views} (best N={best.num_views}); k-NN "
+        out.append(f"- {regime}, {start}, {method}: linear accuracy {first.linear_acc:.3f} at N={first.num_views:.0f} -> "
+                   f"{last.linear_acc:.3f} at N={last.num_views:.0f} (best N={best.num_views:.0f}); k-NN "
                    f"{first.knn_acc:.3f} -> {last.knn_acc:.3f}; held-out loss {first.heldout_loss:.3f} -> "
                    f"{last.heldout_loss:.3f}")
     return out
@@ -307,7 +322,7 @@ def write_report(rows: pd.DataFrame, ref: pd.DataFrame, out: str | Path, knn_k: 
             continue
         png = plot_regime(rows, ref, regime, out.with_name(f"{out.stem}_{regime.replace(' ', '_')}.png"))
         parts += [f"## {regime.capitalize()}", "", _table(sub), "", f"![{regime}]({png.name})", ""]
-    parts += ["## Automatic summary", "", *_summary(rows), ""]
+    parts += ["## Automatic summary (means over seeds where runs were repeated)", "", *_summary(rows), ""]
     out.write_text("\n".join(parts))
     return out
 
