@@ -31,6 +31,7 @@ from .knn import knn_predict
 from .linear import linear_probe
 
 CACHE = "study_eval.json"
+CACHE_START = "study_start_eval.json"  # the untrained start, scored beside the first run that used it
 KNN_K = 20  # the bank is a few thousand images: 200 neighbours (the ImageNet/CIFAR default) would span whole classes
 KEEP_START, KEEP_END = "<!-- keep -->", "<!-- /keep -->"  # hand-written notes that survive a re-run
 
@@ -157,10 +158,15 @@ def evaluate_starts(rows: pd.DataFrame, **options: Any) -> pd.DataFrame:
 
     out = []
     for start, group in rows.groupby("start"):
-        cfg = OmegaConf.load(Path(group.iloc[0]["run"]) / "config.yaml")
-        pl.seed_everything(int(cfg.seed), verbose=False)  # the initialisation the runs started from
-        backbone = build_model(cfg).backbone
-        out.append({"start": start, **score_backbone(backbone, cfg, **options)})
+        folder = Path(group.iloc[0]["run"])
+        cache, key = folder / CACHE_START, {k: v for k, v in options.items() if k != "device"}
+        saved = json.loads(cache.read_text()) if cache.is_file() else {}
+        if saved.get("key") != key:
+            cfg = OmegaConf.load(folder / "config.yaml")
+            pl.seed_everything(int(cfg.seed), verbose=False)  # the initialisation the runs started from
+            saved = {"key": key, "scores": score_backbone(build_model(cfg).backbone, cfg, **options)}
+            cache.write_text(json.dumps(saved, indent=2))
+        out.append({"start": start, **saved["scores"]})
     return pd.DataFrame(out)
 
 
@@ -218,16 +224,19 @@ def plot_regime(rows: pd.DataFrame, ref: pd.DataFrame, regime: str, path: Path) 
     starts = sorted(rows.start.unique(), key=lambda s: s != "random")
     styles = {s: ("-", "--", ":", "-.")[i % 4] for i, s in enumerate(starts)}
     colours = {m: f"C{i}" for i, m in enumerate(methods)}
-    fig, axes = plt.subplots(1, 2 + len(methods), figsize=(4.2 * (2 + len(methods)), 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, 2 + len(methods), figsize=(4.2 * (2 + len(methods)), 4.6), squeeze=False)
     axes = axes[0]
     for ax, metric, title in ((axes[0], "linear_acc", "linear-probe accuracy"), (axes[1], "knn_acc", "k-NN accuracy")):
         for (m, s), g in rows.groupby(["method", "start"]):
             mean, std = _over_seeds(g, metric)
             ax.errorbar(mean.index, mean, yerr=std, ls=styles[s], color=colours[m], marker="o", capsize=3,
                         label=f"{m}, {s}")
-        for i, r in ref.iterrows():
+        low, high = ax.get_ylim()  # the curves' range: an untrained start far below it would squash them
+        for _, r in ref.iterrows():
             if r.start in styles:
-                ax.axhline(r[metric], color="grey", ls=styles[r.start], lw=0.8, label=f"{r.start}, untrained")
+                ax.axhline(r[metric], color="grey", ls=styles[r.start], lw=0.8,
+                           label=f"{r.start}, untrained: {r[metric]:.3f}")
+        ax.set_ylim(low, high)
         ax.set_title(title)
         ax.set_ylabel("held-out accuracy")
     for ax, m in zip(axes[2:], methods):
@@ -245,10 +254,11 @@ def plot_regime(rows: pd.DataFrame, ref: pd.DataFrame, regime: str, path: Path) 
         ax.set_xticks(views, [str(v) for v in views])
         ax.set_xlabel("views per image")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
+    handles, labels = axes[0].get_legend_handles_labels()  # below the panels: inside, it hides the curves
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)
     fig.suptitle(f"{regime}: " + ("same images, N views each" if regime == "equal epochs"
                                   else "same number of views (images x N) processed"))
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.02 + 0.045 * math.ceil(len(handles) / 3), 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
