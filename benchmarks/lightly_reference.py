@@ -58,7 +58,8 @@ class Encoder(nn.Module):
         return self.prediction_head(z) if self.prediction_head is not None else z
 
 
-def build_reference(method: str, backbone: nn.Module, feat_dim: int = 512, momentum_base: float = 0.99) -> Reference:
+def build_reference(method: str, backbone: nn.Module, feat_dim: int = 512, momentum_base: float = 0.99,
+                    input_size: int = 32) -> Reference:
     """lightly's model, transform and per-step loss for `method` (CIFAR-10 settings of lightly's docs:
     input_size=32 and no Gaussian blur)."""
     from lightly import loss as L
@@ -68,12 +69,12 @@ def build_reference(method: str, backbone: nn.Module, feat_dim: int = 512, momen
                                     VICRegTransform)
     from lightly.utils.scheduler import cosine_schedule
 
-    byol_views = BYOLTransform(view_1_transform=BYOLView1Transform(input_size=32, gaussian_blur=0.0),
-                               view_2_transform=BYOLView2Transform(input_size=32, gaussian_blur=0.0))
+    byol_views = BYOLTransform(view_1_transform=BYOLView1Transform(input_size=input_size, gaussian_blur=0.0),
+                               view_2_transform=BYOLView2Transform(input_size=input_size, gaussian_blur=0.0))
     if method == "simclr":
         model = Encoder(backbone, H.SimCLRProjectionHead(feat_dim, 512, 128))
         criterion = L.NTXentLoss()
-        return Reference(model, SimCLRTransform(input_size=32, cj_strength=0.5, gaussian_blur=0.0),
+        return Reference(model, SimCLRTransform(input_size=input_size, cj_strength=0.5, gaussian_blur=0.0),
                          lambda m, v, s, n: criterion(m(v[0]), m(v[1])))
     if method == "barlowtwins":
         model = Encoder(backbone, H.BarlowTwinsProjectionHead(feat_dim, 2048, 2048))
@@ -83,7 +84,7 @@ def build_reference(method: str, backbone: nn.Module, feat_dim: int = 512, momen
         model = Encoder(backbone, H.VICRegProjectionHead(input_dim=feat_dim, hidden_dim=2048, output_dim=2048,
                                                          num_layers=2))
         criterion = L.VICRegLoss()
-        return Reference(model, VICRegTransform(input_size=32, gaussian_blur=0.0),
+        return Reference(model, VICRegTransform(input_size=input_size, gaussian_blur=0.0),
                          lambda m, v, s, n: criterion(m(v[0]), m(v[1])))
     if method == "byol":
         model = Encoder(backbone, H.BYOLProjectionHead(feat_dim, 1024, 256), H.BYOLPredictionHead(256, 1024, 256))
