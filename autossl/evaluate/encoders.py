@@ -56,16 +56,7 @@ def _from_path(path: Path) -> tuple[nn.Module, dict]:
 
 
 def _from_checkpoint(path: Path) -> tuple[nn.Module, dict]:
-    from ..methods import get_method
-    from ..train.safe_load import load_checkpoint
+    from ..train.export import method_from_checkpoint
 
-    ckpt = load_checkpoint(path)
-    info = ckpt.get("autossl") if isinstance(ckpt, dict) else None
-    if not info or "state_dict" not in ckpt:
-        raise ValueError(f"{path} is not an autossl training checkpoint (no 'autossl' entry); give a checkpoint "
-                         f"written by an autossl method, or export weights with `autossl export`")
-    # pretrained=False: the checkpoint's weights replace them anyway; compile=False: eval needs no graph capture
-    hparams = {**ckpt.get("hyper_parameters", {}), "pretrained": False, "compile": False}
-    method = get_method(info["method"])(**hparams)
-    method.load_state_dict(ckpt["state_dict"])
+    method = method_from_checkpoint(path)
     return method.backbone, {"source": str(path), "method": method.name, "backbone": method.backbone.spec.get("name")}

@@ -26,10 +26,12 @@ def method_from_checkpoint(path: str | Path):
     from ..methods import get_method
 
     ckpt = load_checkpoint(path)
-    info = ckpt.get("autossl")
-    if not info:
-        raise ValueError(f"{path} is not an autossl training checkpoint (no 'autossl' entry)")
-    model = get_method(info["method"])(**{**ckpt.get("hyper_parameters", {}), "pretrained": False})
+    info = ckpt.get("autossl") if isinstance(ckpt, dict) else None
+    if not info or "state_dict" not in ckpt:
+        raise ValueError(f"{path} is not an autossl training checkpoint (no 'autossl' entry); give a checkpoint "
+                         f"written by an autossl method, or export weights with `autossl export`")
+    # pretrained=False: the checkpoint's weights replace them anyway; compile=False: using it needs no graph capture
+    model = get_method(info["method"])(**{**ckpt.get("hyper_parameters", {}), "pretrained": False, "compile": False})
     model.load_state_dict(ckpt["state_dict"])
     return model
 
