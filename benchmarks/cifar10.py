@@ -143,7 +143,8 @@ def record(args, impl: str, steps: int, train_len: int, precision: str, clock: S
     ips, ips_cpu = clock.rates() if clock else (None, None)
     return {"impl": impl, "method": args.method, "backbone": args.backbone,
             "epochs": round(steps * args.batch_size / train_len, 3), "steps": steps, "batch_size": args.batch_size,
-            "num_views": args.num_views, "train_size": args.train_size, "precision": precision, "num_workers": args.num_workers,
+            "num_views": args.num_views, "train_size": args.train_size, "precision": precision,
+            "num_workers": args.num_workers,
             "wall_s": round(wall_s, 1), "images_per_s": ips, "images_per_cpu_s": ips_cpu,
             "peak_rss_mb": rss.mb if rss else None, "knn_top1": knn, "eval_s": round(eval_s, 1),
             "load_avg": load_average()}

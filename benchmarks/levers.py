@@ -25,7 +25,8 @@ import torch  # noqa: E402
 from autossl.data import make_dataloader  # noqa: E402
 from autossl.methods import get_method  # noqa: E402
 
-from _common import autocast, benchmark_datasets, cpu_seconds, load_average  # noqa: E402
+from _common import (DEFAULT_CACHE, DEFAULT_TARBALL, autocast, benchmark_datasets, cpu_seconds,  # noqa: E402
+                     load_average)
 
 CONFIGS = {  # name -> (forward_views, channels_last, bf16, compile)
     "fp32 per_view": ("per_view", False, False, False),
@@ -138,8 +139,8 @@ def main() -> None:
     p.add_argument("--configs", nargs="*", choices=list(CONFIGS))
     p.add_argument("--images", type=int, default=2000)
     p.add_argument("--train-dir"), p.add_argument("--test-dir")
-    p.add_argument("--tarball", default=str(Path(__file__).resolve().parents[2] / "shared/data/cifar10-train-jpeg.tar.gz"))
-    p.add_argument("--cache-dir", default=str(Path.home() / ".cache/autossl/cifar10-jpeg"))
+    p.add_argument("--tarball", default=str(DEFAULT_TARBALL))
+    p.add_argument("--cache-dir", default=str(DEFAULT_CACHE))
     p.add_argument("--holdout", type=int, default=5000)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
