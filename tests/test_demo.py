@@ -43,3 +43,12 @@ def test_bad_options_fail_with_one_clear_line(capsys):
     assert "--epochs must be at least 1" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         parse_args(["--method", "simclrr"])
+
+
+@pytest.mark.slow
+def test_full_demo_removes_at_least_30_percent_of_knn_errors(tmp_path):
+    """The README's promise, measured: the default recipe (about 5 minutes on 2 CPU cores)."""
+    assert main(["--out", str(tmp_path)]) == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["error_reduction"] >= 0.30, summary
+    assert summary["total_seconds"] < 600, summary
