@@ -140,3 +140,16 @@ def test_unwritable_output_folder_as_root(tmp_path):
     blocker.write_text("")  # a file where a folder should be: unwritable for root too
     with pytest.raises(PermissionError, match="is not writable.*set checkpoint.dir"):
         check_writable(blocker / "run")
+
+
+def test_batched_views_option_reaches_the_training_loader():
+    """`data.batched_views=true` swaps the per-image view pipeline for the batched one, same views out."""
+    from autossl.data.batch_views import BatchViewCollate
+    from autossl.train.run import build_loaders
+
+    cfg = compose(["data.batched_views=true", "data.num_workers=0", "data.batch_size=16", "data.num_views=3"])
+    train = build_loaders(cfg)[0]
+    assert isinstance(train.collate_fn, BatchViewCollate)
+    batch = next(iter(train))
+    assert len(batch["views"]) == 3 and all(v.shape == (16, 3, 32, 32) for v in batch["views"])
+    assert not isinstance(build_loaders(compose(["data.num_workers=0"]))[0].collate_fn, BatchViewCollate)

@@ -44,7 +44,8 @@ def build_loaders(cfg: DictConfig):
                       blur_prob=(0.5 if preset_for(preset).blur else 0.0) if a.blur_prob is None else a.blur_prob)
     train = make_dataloader(full, num_views=int(d.num_views), batch_size=int(d.batch_size), image_size=d.image_size,
                             preset=preset, asymmetric=bool(d.asymmetric), num_local=int(d.num_local),
-                            local_size=d.local_size, augment=augment, num_workers=d.num_workers, seed=int(cfg.seed))
+                            local_size=d.local_size, augment=augment, num_workers=d.num_workers, seed=int(cfg.seed),
+                            batched_views=bool(d.get("batched_views", False)))
     val = None
     if val_data is not None:
         val = make_eval_loader(val_data, batch_size=max(256, int(d.batch_size)), image_size=d.image_size,
