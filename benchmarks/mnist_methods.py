@@ -7,7 +7,7 @@ beat the same ResNet-18 (CIFAR stem) at random initialisation on k-NN accuracy o
 
 Protocol: 1,000 digits held out by a seeded shuffle, the other 4,000 used for pretraining (labels
 unused) and as the k-NN bank; weighted cosine k-NN (k=20, T=0.1) on backbone features of clean
-28 px images, BatchNorm in eval mode. Every method starts from the same seeded initialisation, which is
+32 px images, BatchNorm in eval mode. Every method starts from the same seeded initialisation, which is
 also the random baseline. One JSON line per method, then a table.
 """
 from __future__ import annotations
@@ -23,21 +23,23 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from autossl.cli.demo import build_model, digit_augment, embed, error_reduction, knn_accuracy, pretrain, split_digits
+from autossl.cli.demo import BACKBONE, TrainingCurves, build_model, digit_augment, embed, error_reduction, knn_accuracy, pretrain, split_digits
 from autossl.methods import METHODS
 
-# A short-budget recipe per method, on top of the method's own defaults (autossl/methods/<method>.py).
-# The defaults (LARS at large batch, long schedules) are tuned for hundreds of epochs; a few dozen
-# steps need an optimiser that moves at once. See docs/mnist_methods.md for what was measured.
+# The demo's recipe (autossl/cli/demo.py: ResNet-18 with its ImageNet stem at 32 px, AdamW at 1e-3, batch
+# 128) for every method, on top of the method's own defaults (autossl/methods/<method>.py). The defaults
+# (LARS/SGD at large batch) are tuned for hundreds of epochs; a few hundred steps need an optimiser that
+# moves at once. Method-specific changes, each with its reason:
+BASE = dict(optimizer="adamw", lr=1e-3, weight_decay=1e-4, scale_lr=False)
 RECIPES: dict[str, dict] = {
-    "simclr": dict(optimizer="adamw", lr=1e-3, weight_decay=1e-4, scale_lr=False),
-    "moco": dict(optimizer="adamw", lr=1e-3, weight_decay=1e-4, scale_lr=False),
-    "byol": dict(optimizer="adamw", lr=1e-3, weight_decay=1e-4, scale_lr=False),
-    "simsiam": dict(optimizer="adamw", lr=1e-3, weight_decay=1e-4, scale_lr=False),
-    "barlowtwins": dict(optimizer="adamw", lr=1e-3, weight_decay=1e-4, scale_lr=False),
-    "vicreg": dict(optimizer="adamw", lr=1e-3, weight_decay=1e-4, scale_lr=False),
+    "simclr": dict(BASE, temperature=0.5),  # SimCLR's small-batch temperature
+    "moco": dict(BASE, queue_size=1024),    # the 32,768 default would hold each of 4,000 digits ~8 times
+    "byol": dict(BASE),
+    "simsiam": dict(BASE),
+    "barlowtwins": dict(BASE),
+    "vicreg": dict(BASE),
 }
-INIT = dict(zero_init_last=False)  # timm zero-initialises each block's last BN; see the doc for why not here
+INIT = BACKBONE  # timm zero-initialises each block's last BN; off here, as in the demo
 
 
 def cpu_seconds() -> float:
@@ -48,26 +50,40 @@ def cpu_seconds() -> float:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    p.add_argument("--steps", type=int, default=60, help="optimiser steps per method")
+    p.add_argument("--steps", type=int, default=300, help="optimiser steps per method")
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--image-size", type=int, default=28)
+    p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--crop-min", type=float, default=0.4, help="smallest RandomResizedCrop area fraction")
     p.add_argument("--warmup-steps", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--optimizer", choices=["adamw", "sgd", "lars"], help="override the recipe's optimiser")
+    p.add_argument("--lr", type=float, help="override the recipe's learning rate (not scaled by batch size)")
+    p.add_argument("--weight-decay", type=float, help="override the recipe's weight decay")
+    p.add_argument("--knn-every", type=int, default=0, help="also record held-out k-NN every N steps (a curve)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--write-doc", default=None, help="also write the results table to this markdown file")
     return p.parse_args(argv)
 
 
+def recipe_for(name: str, args: argparse.Namespace) -> dict:
+    overrides = dict(optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay)
+    return {**RECIPES.get(name, {}), **{k: v for k, v in overrides.items() if v is not None}}
+
+
 def run_method(name: str, args: argparse.Namespace, train, test, knn_random: float | None) -> dict:
+    recipe = recipe_for(name, args)
     model = build_model(name, args.image_size, seed=args.seed, max_steps=args.steps, warmup_steps=args.warmup_steps,
-                        backbone_kwargs=INIT, **RECIPES.get(name, {}))
+                        backbone_kwargs=INIT, **recipe)
     if knn_random is None:  # every method starts from the same seeded weights: one baseline serves all
         knn_random = knn_accuracy(model.backbone, train, test, args.image_size, channels_last=True)
+    curves = TrainingCurves(train, test, args.image_size, args.knn_every) if args.knn_every else None
     cpu = cpu_seconds()
     fit = pretrain(model, train, batch_size=args.batch_size, image_size=args.image_size, epochs=10_000,
-                   max_steps=args.steps, crop_min=args.crop_min, seed=args.seed, progress=False)
+                   max_steps=args.steps, crop_min=args.crop_min, seed=args.seed, progress=False,
+                   callbacks=[curves] if curves else None)
     cpu = cpu_seconds() - cpu
+    if curves:  # the curve's evaluations are not training time
+        fit["seconds"] -= curves.eval_seconds
     feats, _ = embed(model.backbone, test, args.image_size, channels_last=True)
     knn = knn_accuracy(model.backbone, train, test, args.image_size, channels_last=True)
     # Collapse check: per-dimension std of L2-normalised features (about 1/sqrt(512) = 0.044 when spread out).
@@ -75,7 +91,8 @@ def run_method(name: str, args: argparse.Namespace, train, test, knn_random: flo
     return dict(method=name, steps=fit["steps"], batch_size=args.batch_size, image_size=args.image_size,
                 seconds=round(fit["seconds"], 1), cpu_seconds=round(cpu, 1), knn_random=round(knn_random, 4),
                 knn_trained=round(knn, 4), error_reduction=round(error_reduction(knn_random, knn), 4),
-                embedding_std=round(std, 4), load=round(os.getloadavg()[0], 1), recipe=RECIPES.get(name, {}))
+                embedding_std=round(std, 4), load=round(os.getloadavg()[0], 1), recipe=recipe,
+                knn_curve=[[s, round(a, 4)] for s, a in curves.knn] if curves else None)
 
 
 def table(rows: list[dict]) -> str:
