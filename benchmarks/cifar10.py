@@ -70,6 +70,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--skip-knn", action="store_true", help="throughput only (for lever measurements)")
     p.add_argument("--warmup-measure", type=int, default=3, help="steps left out of the steady-state throughput")
     p.add_argument("--log-every", type=int, default=0, help="print the loss every N steps")
+    p.add_argument("--save-backbone", metavar="FILE",
+                   help="also save our trained backbone (safetensors) for checking with Eval_knn (benchmarks/check_eval_knn.py)")
     p.add_argument("--out", help="also append the JSON lines to this file")
     return p.parse_args(argv)
 
@@ -178,6 +180,10 @@ def main(argv=None) -> None:
         ours = train_ours(args, train_ds, steps, recipe, device, clock)
     wall = time.perf_counter() - start
     steps = clock.steps
+    if args.save_backbone:
+        from autossl.backbones import save
+
+        save(ours, args.save_backbone)
     knn, eval_s = evaluate(args, ours, train_ds, test_ds, "cifar10", device)
     mine = record(args, "autossl", steps, len(train_ds), args.precision, clock, wall, rss, knn, eval_s)
     emit(mine, args.out)

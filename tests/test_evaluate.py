@@ -194,3 +194,24 @@ def test_bad_input_fails_with_one_clear_line(tmp_path):
     torch.save({"state_dict": {}}, not_ours)
     with pytest.raises(ValueError, match="not an autossl training checkpoint"):
         Eval_knn(not_ours, (X, y))
+
+
+def test_feature_extraction_in_channels_last_keeps_the_model_and_the_numbers():
+    """bf16 extraction runs NHWC (faster on CPU); the caller's model keeps its own memory format and
+    fp32 features do not depend on the format."""
+    import torch
+
+    from autossl.backbones import create_backbone
+    from autossl.evaluate.features import extract_features
+
+    torch.manual_seed(0)
+    model = create_backbone("resnet18", image_size=32)
+    batches = [(torch.randn(8, 3, 32, 32), torch.arange(8))]
+    nchw, _ = extract_features(model, batches, "cpu", channels_last=False)
+    nhwc, _ = extract_features(model, batches, "cpu", channels_last=True)
+    assert torch.allclose(nchw, nhwc, atol=1e-4)
+    stem = next(p for p in model.parameters() if p.dim() == 4)
+    assert stem.is_contiguous(), "the caller's NCHW model must come back NCHW"
+    model.to(memory_format=torch.channels_last)
+    extract_features(model, batches, "cpu", bf16=True)
+    assert not stem.is_contiguous() and stem.is_contiguous(memory_format=torch.channels_last)
