@@ -229,7 +229,9 @@ def random_init_record(args, train_ds, test_ds, device: str) -> dict:
         for line in cache.read_text().splitlines():
             entry = json.loads(line)
             if entry["key"] == key:
-                return {**entry["record"], "cached": True, "load_avg": load_average()}
+                # the number depends only on the key; the labels describe this invocation
+                return {**entry["record"], "method": args.method, "batch_size": args.batch_size,
+                        "train_size": args.train_size, "cached": True, "load_avg": load_average()}
     pl.seed_everything(args.seed, verbose=False)
     random_backbone = create_backbone(args.backbone, image_size=32).to(device)
     knn, eval_s = evaluate(args, random_backbone, train_ds, test_ds, "cifar10", device)
