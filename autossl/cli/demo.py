@@ -17,8 +17,8 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import Dataset, Subset
 
-from ..data import Augment, eval_transform, make_dataloader, mnist_digits, preset_for
-from ..data.loader import TransformedDataset, collate_views
+from ..data import Augment, make_dataloader, make_eval_loader, mnist_digits
+from ..evaluate.features import extract_features
 from ..evaluate.knn import knn_predict
 from ..methods import get_method
 
@@ -54,33 +54,25 @@ def digit_augment(crop_min: float = 0.4, jitter: float = 0.4) -> Augment:
 
 
 # ---- k-NN evaluation --------------------------------------------------------------------------------
-@torch.no_grad()
 def embed(backbone: torch.nn.Module, dataset: Dataset, image_size: int, batch_size: int = 500,
           channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Backbone features of clean (resized, normalised) images, with BatchNorm in eval mode."""
-    ds = TransformedDataset(dataset, eval_transform(preset_for("mnist", image_size)))
-    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, collate_fn=collate_views, num_workers=0)
-    was_training = backbone.training
-    backbone.eval()
-    feats, labels = [], []
-    for batch in loader:
-        x = batch["image"]
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            feats.append(backbone(x).float())
-        labels.append(batch["label"])
-    backbone.train(was_training)
-    return torch.cat(feats), torch.cat(labels)
+    """Backbone features of clean (resized, normalised) images, bf16, with BatchNorm in eval mode."""
+    loader = make_eval_loader(dataset, preset="mnist", image_size=image_size, batch_size=batch_size, num_workers=0)
+    return extract_features(backbone, loader, "cpu", bf16=True, channels_last=channels_last)
+
+
+def knn_score(bank: torch.Tensor, bank_y: torch.Tensor, query: torch.Tensor, query_y: torch.Tensor,
+              k: int = KNN_K, t: float = KNN_T) -> float:
+    """Weighted cosine k-NN accuracy of the queries against the bank (10 digit classes)."""
+    pred = knn_predict(query, bank, bank_y, 10, k=k, temperature=t)[:, 0]
+    return (pred == query_y).float().mean().item()
 
 
 def knn_accuracy(backbone: torch.nn.Module, train: Dataset, test: Dataset, image_size: int,
                  k: int = KNN_K, t: float = KNN_T, channels_last: bool = False) -> float:
     """Weighted cosine k-NN: the training digits are the bank, the held-out digits the queries."""
     bank, bank_y = embed(backbone, train, image_size, channels_last=channels_last)
-    query, query_y = embed(backbone, test, image_size, channels_last=channels_last)
-    pred = knn_predict(query, bank, bank_y, 10, k=k, temperature=t)[:, 0]
-    return (pred == query_y).float().mean().item()
+    return knn_score(bank, bank_y, *embed(backbone, test, image_size, channels_last=channels_last), k=k, t=t)
 
 
 def error_reduction(acc_random: float, acc_trained: float) -> float:
