@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 
-from autossl.train.optim import build_optimizer, build_scheduler, scaled_lr, split_decay
+from autossl.optim import build_optimizer, build_scheduler, scaled_lr, split_decay
 
 from _common import StepClock, autocast
 

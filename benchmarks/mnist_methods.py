@@ -25,11 +25,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import cpu_seconds  # noqa: E402
 
-from autossl.cli.demo import (BACKBONE, TrainingCurves, build_model, embed, error_reduction,  # noqa: E402
+from autossl.experiments.demo import (BACKBONE, TrainingCurves, build_model, embed, error_reduction,  # noqa: E402
                               knn_score, pretrain, split_digits)
 from autossl.methods import METHODS  # noqa: E402
 
-# The demo's recipe (autossl/cli/demo.py: ResNet-18 with its ImageNet stem at 32 px, AdamW at 1e-3, batch
+# The demo's recipe (autossl/experiments/demo.py: ResNet-18 with its ImageNet stem at 32 px, AdamW at 1e-3, batch
 # 128) for every method, on top of the method's own defaults (autossl/methods/<method>.py). The defaults
 # (LARS/SGD at large batch) are tuned for hundreds of epochs; a few hundred steps need an optimiser that
 # moves at once. Method-specific changes, each with its reason:

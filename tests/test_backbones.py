@@ -140,7 +140,7 @@ class _WritesFile:
 
 
 def test_crafted_pickle_is_refused_and_runs_nothing(tmp_path):
-    from autossl.train.safe_load import UnsafeCheckpointError, load_checkpoint, load_state_dict_file
+    from autossl.core.io import UnsafeCheckpointError, load_checkpoint, load_state_dict_file
 
     marker = tmp_path / "pwned.txt"
     path = tmp_path / "evil.ckpt"

@@ -27,8 +27,16 @@ def test_help_lists_commands_and_main_options(capsys):
 def test_list_shows_methods_backbones_datasets_experiments(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
-    assert re.search(r"methods: .*byol.*vicreg", out)
-    assert "resnet18" in out and "mnist" in out and "cifar10_byol" in out
+    from autossl.core.registry import REGISTRIES
+
+    sections = dict(re.findall(r"^(\w+):\n((?:  .*\n)+)", out, flags=re.M))
+    assert list(sections) == list(REGISTRIES)  # every registry, in order
+    for kind, registry in REGISTRIES.items():
+        listed = re.findall(r"^  (\S+)", sections[kind], flags=re.M)
+        assert set(registry.names()) <= set(listed) and len(registry) > 0, kind
+    assert {"byol", "vicreg"} <= set(re.findall(r"^  (\S+)", sections["methods"], flags=re.M))
+    assert "resnet18" in sections["backbones"] and "mnist" in sections["datasets"]
+    assert "cifar10_byol" in sections["experiments"] and "knn" in sections["protocols"]
 
 
 def test_override_reaches_the_config(capsys):
@@ -68,8 +76,8 @@ def test_signal_writes_last_ckpt_and_resume_continues(tmp_path, sig):
     args = TINY + ["name=sig", "method=simclr", "trainer.max_steps=400"]
     proc, log = _start(args, tmp_path)
     deadline = time.time() + 240
-    while time.time() < deadline:  # wait for the progress bar to show 3 steps done
-        steps = [int(s) for s in re.findall(r"\| (\d+)/\d+ ", "".join(log))]
+    while time.time() < deadline:  # wait for the progress bar (tqdm "| 3/281 [00:01", rich "3/281 0:00:01") to show 3 steps
+        steps = [int(s) for s in re.findall(r"(\d+)/\d+ [\[\d]", "".join(log))]
         if steps and max(steps) >= 3:
             break
         assert proc.poll() is None, "".join(log)[-2000:]

@@ -15,7 +15,7 @@ import torch.multiprocessing as mp
 import torch.nn as nn
 
 from autossl.losses import barlow_twins_loss, nt_xent_loss, vicreg_loss
-from autossl.losses.distributed import world_size
+from autossl.core.distributed import world_size
 
 WORLD, PER_RANK, D_IN, D = 2, 6, 5, 8
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from autossl.cli.demo import error_reduction, main, parse_args
+from autossl.experiments.demo import error_reduction, main, parse_args
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

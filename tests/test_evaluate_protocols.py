@@ -194,7 +194,7 @@ def cli_inputs(tmp_path_factory):
 
 
 def test_cli_eval_writes_json_and_errors_are_one_line(cli_inputs, tmp_path, capsys):
-    from autossl.evaluate.cli import main_eval
+    from autossl.cli.evaluate import main_eval
 
     weights, run, data = cli_inputs
     out = tmp_path / "knn.json"
@@ -216,7 +216,7 @@ def test_cli_eval_writes_json_and_errors_are_one_line(cli_inputs, tmp_path, caps
 
 
 def test_cli_compare_writes_markdown_table_and_bar_chart(cli_inputs, tmp_path, capsys):
-    from autossl.evaluate.cli import main_compare
+    from autossl.cli.evaluate import main_compare
 
     weights, run, data = cli_inputs
     table = tmp_path / "out" / "table.md"

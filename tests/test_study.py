@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.utils.data import Subset
 
-from autossl.evaluate import study as st
+from autossl.experiments import study as st
 from autossl.train import compose, pretrain
 
 TINY = ["experiment=views_study", "method=vicreg", "data.batch_size=8", "data.image_size=16", "data.num_workers=0",

@@ -4,10 +4,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as save_bytes
 from safetensors import safe_open
 
+from ..core.io import atomic_open
 from .registry import Backbone, create_backbone
 
 SPEC_KEY = "autossl.backbone"
@@ -16,13 +17,10 @@ SPEC_KEY = "autossl.backbone"
 def save(backbone: Backbone, path: str | Path) -> Path:
     """Write the backbone's weights (without the `model.` prefix, so a plain timm model of the
     same architecture loads them) and its spec as metadata. Written atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in backbone.model.state_dict().items()}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={SPEC_KEY: json.dumps(backbone.spec)})
-    tmp.replace(path)
-    return path
+    with atomic_open(path, "wb") as f:
+        f.write(save_bytes(tensors, metadata={SPEC_KEY: json.dumps(backbone.spec)}))
+    return Path(path)
 
 
 def read_spec(path: str | Path) -> dict:

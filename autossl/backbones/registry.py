@@ -1,7 +1,6 @@
 """Backbone registry: short names for the families we support, and any timm model by name."""
 from __future__ import annotations
 
-import difflib
 import warnings
 from pathlib import Path
 from typing import Any
@@ -10,26 +9,20 @@ import timm
 import torch
 import torch.nn as nn
 
+from ..core.io import load_state_dict_file
+from ..core.registry import BACKBONES, did_you_mean
+from .masked_convnext import small_image_stem
 from .wide_resnet import WideResNet
 
-# short name -> (timm name, default kwargs). Names the earlier autoSSL used are aliases.
-TIMM_ALIASES: dict[str, tuple[str, dict[str, Any]]] = {
-    "resnet18": ("resnet18", {}),
-    "resnet34": ("resnet34", {}),
-    "resnet50": ("resnet50", {}),
-    "vit_tiny": ("vit_tiny_patch16_224", {}),
-    "vit_small": ("vit_small_patch16_224", {}),
-    "vit_base": ("vit_base_patch16_224", {}),
-    "swin_tiny": ("swin_tiny_patch4_window7_224", {}),
-    "convnext_atto": ("convnext_atto", {}),
-    "convnext_tiny": ("convnext_tiny", {}),
-    "convnextv2_atto": ("convnextv2_atto", {}),
-    "convnextv2_tiny": ("convnextv2_tiny", {}),
-}
-ALIASES = {"resnet": "resnet18", "ResNet": "resnet18", "vit": "vit_small", "ViT": "vit_small",
-           "wideresnet": "wide_resnet28_2", "WideResNet": "wide_resnet28_2", "swin": "swin_tiny",
-           "convnext": "convnext_tiny", "convnextv2": "convnextv2_atto"}
-LOCAL = {"wide_resnet28_2": (28, 2), "wide_resnet28_8": (28, 8), "wide_resnet16_4": (16, 4)}
+# Short names for timm models, registered here where they are defined: name -> (timm name, default
+# kwargs). The earlier autoSSL's names are aliases. Any other timm model name works as it is.
+for _short, _timm_name, _aliases in (
+        ("resnet18", "resnet18", ("resnet",)), ("resnet34", "resnet34", ()), ("resnet50", "resnet50", ()),
+        ("vit_tiny", "vit_tiny_patch16_224", ()), ("vit_small", "vit_small_patch16_224", ("vit",)),
+        ("vit_base", "vit_base_patch16_224", ()), ("swin_tiny", "swin_tiny_patch4_window7_224", ("swin",)),
+        ("convnext_atto", "convnext_atto", ()), ("convnext_tiny", "convnext_tiny", ("convnext",)),
+        ("convnextv2_atto", "convnextv2_atto", ("convnextv2",)), ("convnextv2_tiny", "convnextv2_tiny", ())):
+    BACKBONES.register(_short, (_timm_name, {}), aliases=_aliases, info=f"timm {_timm_name}")
 SMALL_IMAGE = 64  # at or below this size ResNets get the CIFAR stem and ViTs a smaller patch
 
 
@@ -50,18 +43,17 @@ class Backbone(nn.Module):
 
 
 def available_backbones() -> list[str]:
-    return sorted(set(TIMM_ALIASES) | set(LOCAL) | set(ALIASES))
+    return BACKBONES.names()
 
 
 def resolve_name(name: str) -> str:
-    name = ALIASES.get(name, name)
-    if name in TIMM_ALIASES or name in LOCAL:
-        return name
+    """A registered short name (aliases resolved), or a timm model name; one-line error otherwise."""
+    if name in BACKBONES:
+        return BACKBONES.canonical(name)
     if timm.is_model(name):
         return name
-    close = difflib.get_close_matches(name, available_backbones() + timm.list_models(), n=1)
-    hint = f"; did you mean '{close[0]}'?" if close else ""
-    raise ValueError(f"unknown backbone '{name}'{hint} (autossl list backbones shows the choices; any timm model name works)")
+    raise ValueError(f"unknown backbone '{name}'{did_you_mean(name, BACKBONES.names() + timm.list_models())} "
+                     f"(autossl list backbones shows the choices; any timm model name works)")
 
 
 def create_backbone(name: str = "resnet18", *, image_size: int = 224, in_chans: int = 3,
@@ -70,21 +62,22 @@ def create_backbone(name: str = "resnet18", *, image_size: int = 224, in_chans: 
     """Build a backbone without classifier.
 
     - ResNets get the CIFAR stem (3x3 conv, stride 1, no max-pool) automatically when
-      `image_size <= 64`, or when `cifar_stem=True`.
+      `image_size <= 64`, or when `cifar_stem=True`; ConvNeXts get a stride-1 patchify stem (total
+      stride 8 instead of 32, same weight shapes) under the same rule.
     - ViTs take `patch_size` (default 16, or 4 for small images) and `image_size`.
     - `pretrained=True` loads timm's published weights; a path loads a local file through timm's
       own loader (`pretrained_cfg_overlay=dict(file=...)`).
     """
     key = resolve_name(name)
     spec = {"name": key, "image_size": image_size, "in_chans": in_chans, **kwargs}
-    if key in LOCAL:
-        depth, k = LOCAL[key]
-        model = WideResNet(depth, k, in_chans=in_chans)
+    entry = BACKBONES.get(key) if key in BACKBONES else (key, {})
+    if isinstance(entry, WideResNet.Spec):
+        model = WideResNet(entry.depth, entry.widen_factor, in_chans=in_chans)
         if pretrained:
             _load_local(model, pretrained)
         return Backbone(model, model.num_features, spec)
 
-    timm_name, defaults = TIMM_ALIASES.get(key, (key, {}))
+    timm_name, defaults = entry
     args: dict[str, Any] = {**defaults, **kwargs, "num_classes": 0, "in_chans": in_chans}
     use_cifar_stem = cifar_stem if cifar_stem is not None else (image_size <= SMALL_IMAGE)
     # A local file for a small-image ResNet holds the 3x3 stem: it is loaded after the stem swap below.
@@ -115,6 +108,11 @@ def create_backbone(name: str = "resnet18", *, image_size: int = 224, in_chans: 
             first.stride = (1, 1)
         model.maxpool = nn.Identity()
         spec["cifar_stem"] = True
+    elif use_cifar_stem and _is_convnext(model):
+        # Stride 32 leaves a 1x1 map at 32 px (nothing for FCMAE to mask): a stride-1 stem of the same
+        # weight shape gives stride 8, a 4x4 grid at 32 px (masked_convnext.small_image_stem).
+        small_image_stem(model)
+        spec["cifar_stem"] = True
     elif cifar_stem is False:
         spec["cifar_stem"] = False  # so a small-image backbone saved without the stem is rebuilt without it
     if load_after:
@@ -123,6 +121,12 @@ def create_backbone(name: str = "resnet18", *, image_size: int = 224, in_chans: 
     # `head_hidden_size` features once the classifier is removed.
     width = getattr(model, "head_hidden_size", None) or model.num_features
     return Backbone(model, width, spec)
+
+
+def _is_convnext(model: nn.Module) -> bool:
+    stem = getattr(model, "stem", None)
+    return (hasattr(model, "stages") and isinstance(stem, nn.Sequential) and isinstance(stem[0], nn.Conv2d)
+            and stem[0].stride[0] > 1)
 
 
 def _is_resnet(timm_name: str) -> bool:
@@ -150,6 +154,4 @@ def _load_with_timm(model: nn.Module, path: str | Path) -> None:
 def _load_local(model: nn.Module, path: bool | str | Path) -> None:
     if isinstance(path, bool):
         raise ValueError("this backbone has no published weights; pass a local weights path as pretrained=")
-    from ..train.safe_load import load_state_dict_file
-
     model.load_state_dict(load_state_dict_file(path))

@@ -1,7 +1,11 @@
 """WideResNet-d-k for small images (Zagoruyko & Komodakis, 2016); timm only ships the ImageNet variant."""
+from typing import NamedTuple
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from ..core.registry import BACKBONES
 
 
 class _Block(nn.Module):
@@ -22,6 +26,10 @@ class _Block(nn.Module):
 
 
 class WideResNet(nn.Module):
+    class Spec(NamedTuple):
+        depth: int
+        widen_factor: int
+
     def __init__(self, depth: int = 28, widen_factor: int = 2, in_chans: int = 3):
         super().__init__()
         if (depth - 4) % 6:
@@ -41,3 +49,8 @@ class WideResNet(nn.Module):
     def forward(self, x):
         x = F.relu(self.bn(self.blocks(self.conv1(x))))
         return torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+
+
+for _depth, _k in ((28, 2), (28, 8), (16, 4)):
+    BACKBONES.register(f"wide_resnet{_depth}_{_k}", WideResNet.Spec(_depth, _k),
+                       aliases=("wideresnet",) if (_depth, _k) == (28, 2) else (), info=f"WideResNet-{_depth}-{_k}")

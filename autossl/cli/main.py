@@ -3,6 +3,15 @@ from __future__ import annotations
 
 import sys
 
+from omegaconf import OmegaConf
+
+from ..core.registry import REGISTRIES, did_you_mean
+from ..experiments.demo import main as demo_main
+from ..experiments.study import main as study_main
+from ..train import compose, export_backbone, pretrain
+from ..train.sweep import run_sweep
+from .evaluate import main_compare, main_eval
+
 USAGE = """usage: autossl COMMAND [ARGS]
 
 commands:
@@ -11,7 +20,7 @@ commands:
   sweep [KEY=A,B ...]             train every combination (Hydra multirun), e.g.
                                   autossl sweep experiment=mnist_simclr data.num_views=2,4 method=vicreg,barlowtwins
   export CHECKPOINT --out FILE    backbone weights only, as safetensors (name and arguments in its metadata)
-  list [methods|backbones|datasets|experiments]
+  list [methods|backbones|datasets|protocols|experiments]
   eval knn|linear|semisup|finetune|transfer|embed --checkpoint PATH --data DATA
   compare RUN [RUN ...] --out table.md
   study SWEEP_DIR --out docs/views_study.md   tables and plots of a views sweep (accuracy and loss vs views)
@@ -33,11 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     handlers = {"pretrain": _pretrain, "sweep": _sweep, "export": _export, "list": _list, "eval": _eval,
                 "compare": _compare, "demo": _demo, "study": _study}
     if command not in handlers:
-        import difflib
-
-        close = difflib.get_close_matches(command, list(handlers), n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
-        print(f"autossl: unknown command '{command}'{hint} (autossl --help lists them)", file=sys.stderr)
+        print(f"autossl: unknown command '{command}'{did_you_mean(command, handlers)} (autossl --help lists them)",
+              file=sys.stderr)
         return 2
     try:
         return int(handlers[command](rest) or 0)
@@ -51,10 +57,6 @@ def _pretrain(args: list[str]) -> int:
     if any(a in ("-h", "--help") for a in args):
         print(USAGE)
         return 0
-    from omegaconf import OmegaConf
-
-    from ..train import compose, pretrain
-
     show = "--cfg" in args
     cfg = compose([a for a in args if a != "--cfg"])
     if show:
@@ -68,8 +70,6 @@ def _pretrain(args: list[str]) -> int:
 
 
 def _sweep(args: list[str]) -> int:
-    from ..train.sweep import run_sweep
-
     run_sweep(args)
     return 0
 
@@ -81,49 +81,38 @@ def _export(args: list[str]) -> int:
     p.add_argument("checkpoint")
     p.add_argument("--out", default="backbone.safetensors")
     a = p.parse_args(args)
-    from ..train.export import export_backbone
-
     print(f"wrote {export_backbone(a.checkpoint, a.out)}")
     return 0
 
 
 def _list(args: list[str]) -> int:
-    from ..backbones import available_backbones
-    from ..data.datasets import DATASETS
-    from ..methods import METHODS
-    from ..train.config import available_experiments
-
-    what = {"methods": lambda: list(METHODS), "backbones": lambda: available_backbones() + ["<any timm model name>"],
-            "datasets": lambda: list(DATASETS), "experiments": available_experiments}
-    wanted = args or list(what)
-    for name in wanted:
-        if name not in what:
-            raise ValueError(f"cannot list '{name}'; choose from {', '.join(what)}")
-        print(f"{name}: {', '.join(what[name]())}")
+    """Every registry: what each name is, one line per entry."""
+    for kind in args or list(REGISTRIES):
+        registry = REGISTRIES.get(kind)
+        if registry is None:
+            raise ValueError(f"cannot list '{kind}'{did_you_mean(kind, REGISTRIES)}; choose from {', '.join(REGISTRIES)}")
+        print(f"{kind}:")
+        for name in registry.names():
+            info = registry.describe(name)
+            print(f"  {name:<18} {info}" if info else f"  {name}")
+        if kind == "backbones":
+            print("  <any timm model name>")
     return 0
 
 
 def _eval(args: list[str]) -> int:
-    from ..evaluate.cli import main_eval
-
     return main_eval(args)
 
 
 def _compare(args: list[str]) -> int:
-    from ..evaluate.cli import main_compare
-
     return main_compare(args)
 
 
 def _study(args: list[str]) -> int:
-    from ..evaluate.study import main as study_main
-
     return study_main(args)
 
 
 def _demo(args: list[str]) -> int:
-    from .demo import main as demo_main
-
     return demo_main(args)
 
 

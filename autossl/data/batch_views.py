@@ -15,6 +15,7 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
+from .batch import make_batch
 from .views import ASYMMETRIC, Augment, Preset, preset_for
 
 _GRAY = (0.2989, 0.587, 0.114)  # torchvision's luma weights
@@ -213,8 +214,8 @@ class BatchViewCollate:
         good = [s for s in samples if s[0] is not None]
         skipped = len(samples) - len(good)
         if not good:
-            return {"views": [], "label": torch.empty(0, dtype=torch.long), "skipped": skipped}
-        labels = torch.tensor([s[1] for s in good], dtype=torch.long)
+            return make_batch(None, [], skipped)
+        labels = [s[1] for s in good]
         images = [s[0] for s in good]
         shapes = [tuple(im.shape[-2:]) for im in images]
         if len(set(shapes)) > 1:
@@ -222,4 +223,4 @@ class BatchViewCollate:
             images = [im if tuple(im.shape[-2:]) == common else
                       F.interpolate(im[None].float(), size=common, mode="bilinear", antialias=True,
                                     align_corners=False)[0].round().clamp(0, 255).to(torch.uint8) for im in images]
-        return {"views": self.views(torch.stack(images)), "label": labels, "skipped": skipped}
+        return make_batch(self.views(torch.stack(images)), labels, skipped)

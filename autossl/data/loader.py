@@ -7,6 +7,7 @@ from typing import Any, Callable
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from .batch import make_batch
 from .batch_views import BatchViewCollate, make_batch_views
 from .datasets import build_dataset, num_classes_of
 from .views import Augment, eval_transform, make_views, preset_for
@@ -42,13 +43,12 @@ def collate_views(samples: list) -> dict[str, Any]:
     good = [s for s in samples if s[0] is not None]
     skipped = len(samples) - len(good)
     if not good:
-        return {"views": [], "label": torch.empty(0, dtype=torch.long), "skipped": skipped}
-    labels = torch.tensor([s[1] for s in good], dtype=torch.long)
+        return make_batch(None, [], skipped)
+    labels = [s[1] for s in good]
     first = good[0][0]
     if isinstance(first, (list, tuple)):
-        views = [torch.stack([s[0][v] for s in good]) for v in range(len(first))]
-        return {"views": views, "label": labels, "skipped": skipped}
-    return {"image": torch.stack([s[0] for s in good]), "label": labels, "skipped": skipped}
+        return make_batch([torch.stack([s[0][v] for s in good]) for v in range(len(first))], labels, skipped)
+    return make_batch(torch.stack([s[0] for s in good]), labels, skipped)
 
 
 def default_workers() -> int:

@@ -21,7 +21,13 @@ import numpy as np
 import pandas as pd
 from torch.utils.data import Subset
 
+from .compare import compare
+from .embed import METHODS as EMBEDDINGS
+from .embed import plot_embedding
+from .encoders import load_encoder
+from .features import extract_features
 from .protocols import evaluate
+from .splits import build_source, dataset_name, eval_loader, labelled_only
 
 
 def Eval_knn(model: Any, dataset: Any, metric: Any = "accuracy", top_k: int = 1, average: str = "macro", *,
@@ -58,8 +64,6 @@ def Compare_eval(models: Sequence[Any], dataset: Any, metrics: Any = ("accuracy"
                  top_k: int = 1, average: str = "macro", *, protocol: str = "knn",
                  names: Sequence[str] | None = None, **options: Any) -> pd.DataFrame:
     """A DataFrame with one row per model: its scores under one protocol (k-NN by default) and split."""
-    from .compare import compare
-
     return compare(models, dataset, metrics=metrics, protocol=protocol, names=names, top_k=top_k, average=average,
                    **options)
 
@@ -68,13 +72,8 @@ def Plot_embedding(model: Any, dataset: Any, out: str | Path = "embedding.png", 
                    image_size: int = 32, preset: str | None = None, max_points: int = 5000, seed: int = 0,
                    batch_size: int = 256, num_workers: int = 0, device: str | None = None) -> Path:
     """UMAP or t-SNE map of the model's features of `dataset` (labelled images), coloured by class."""
-    from .embed import METHODS, plot_embedding
-    from .encoders import load_encoder
-    from .features import extract_features
-    from .splits import build_source, dataset_name, eval_loader, labelled_only
-
-    if method not in METHODS:  # before the features are computed
-        raise ValueError(f"unknown embedding method '{method}'; choose from {', '.join(METHODS)}")
+    if method not in EMBEDDINGS:  # before the features are computed
+        raise ValueError(f"unknown embedding method '{method}'; choose from {', '.join(EMBEDDINGS)}")
     encoder, _ = load_encoder(model)
     ds = labelled_only(build_source(dataset), "embedding")
     classes = getattr(ds, "classes", None) or getattr(getattr(ds, "dataset", None), "classes", None)

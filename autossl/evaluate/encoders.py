@@ -10,11 +10,13 @@ from typing import Any
 
 import torch.nn as nn
 
+from ..backbones import load
+from ..methods import SSLMethod
+from ..methods.checkpoint import method_from_checkpoint
+
 
 def load_encoder(model: Any) -> tuple[nn.Module, dict]:
     """(feature extractor, {'source': ..., 'method': ..., 'backbone': ...}) for any accepted model."""
-    from ..methods import SSLMethod
-
     if isinstance(model, (str, Path)):
         return _from_path(Path(model))
     if isinstance(model, SSLMethod):
@@ -48,15 +50,11 @@ def _from_path(path: Path) -> tuple[nn.Module, dict]:
     if not path.is_file():
         raise FileNotFoundError(f"model file not found: {path}; give a .ckpt checkpoint, a run folder or a .safetensors file")
     if path.suffix == ".safetensors":
-        from ..backbones import load
-
         backbone = load(path)
         return backbone, {"source": str(path), "backbone": backbone.spec.get("name")}
     return _from_checkpoint(path)
 
 
 def _from_checkpoint(path: Path) -> tuple[nn.Module, dict]:
-    from ..train.export import method_from_checkpoint
-
     method = method_from_checkpoint(path)
     return method.backbone, {"source": str(path), "method": method.name, "backbone": method.backbone.spec.get("name")}

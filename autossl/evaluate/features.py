@@ -10,6 +10,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..data.batch import images_and_labels
+
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -24,17 +26,6 @@ def as_features(out: Any) -> torch.Tensor:
     if out.ndim == 4:
         out = F.adaptive_avg_pool2d(out, 1)
     return out.flatten(1)
-
-
-def split_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """(images, labels) from an autossl eval batch {'image', 'label'} or a plain (x, y) pair."""
-    if isinstance(batch, dict):
-        if "image" in batch:
-            return batch["image"], batch["label"]
-        if batch.get("views"):
-            return batch["views"][0], batch["label"]
-        return torch.empty(0), batch.get("label", torch.empty(0, dtype=torch.long))
-    return batch[0], batch[1]
 
 
 def _is_channels_last(model: nn.Module) -> bool:
@@ -71,7 +62,7 @@ def extract_features(model: nn.Module, loader: Iterable, device: str | torch.dev
     feats, labels = [], []
     try:
         for batch in loader:
-            images, y = split_batch(batch)
+            images, y = images_and_labels(batch)
             if len(images) == 0:
                 continue  # every file of this batch was unreadable
             images = images.to(device, non_blocking=True)

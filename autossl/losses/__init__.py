@@ -1,8 +1,13 @@
-"""Losses: pure functions on tensors. Each takes two views' embeddings; `mean_over_view_pairs`
-extends any of them to N views."""
-from .contrastive import nt_xent_loss
+"""Losses: pure functions on tensors. The joint-embedding ones take two views' embeddings
+(`mean_over_view_pairs` extends any of them to N views); the reconstruction ones take predicted
+and target patches and the mask."""
+from .contrastive import infonce_loss, nt_xent_loss
 from .cosine import negative_cosine_loss
 from .multiview import mean_over_cross_views, mean_over_view_pairs
+from .reconstruction import (masked_l1_loss, masked_mse_loss, normalize_patches, patchify, pred_map_to_patches,
+                             reconstruction_patches, unpatchify)
 from .redundancy import barlow_twins_loss, vicreg_loss
 
-__all__ = ["nt_xent_loss", "negative_cosine_loss", "barlow_twins_loss", "vicreg_loss", "mean_over_view_pairs", "mean_over_cross_views"]
+__all__ = ["infonce_loss", "nt_xent_loss", "negative_cosine_loss", "barlow_twins_loss", "vicreg_loss", "mean_over_view_pairs", "mean_over_cross_views",
+           "masked_mse_loss", "masked_l1_loss", "normalize_patches", "patchify", "unpatchify", "pred_map_to_patches",
+           "reconstruction_patches"]

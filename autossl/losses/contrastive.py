@@ -2,7 +2,7 @@
 import torch
 import torch.nn.functional as F
 
-from .distributed import gather, rank
+from ..core.distributed import gather, rank
 
 
 def nt_xent_loss(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float = 0.5,
@@ -48,3 +48,12 @@ def nt_xent_loss(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float = 0.5,
     loss_a = F.cross_entropy(torch.cat([logits_ab, logits_aa], dim=1), labels)
     loss_b = F.cross_entropy(torch.cat([logits_ba, logits_bb], dim=1), labels)
     return (loss_a + loss_b) / 2
+
+
+def infonce_loss(query: torch.Tensor, key: torch.Tensor, temperature: float = 0.2) -> torch.Tensor:
+    """Query-vs-keys InfoNCE where the other samples' keys (of the global batch) are the negatives:
+    MoCo without a queue, MoCo v3's form. `key` is the target branch: pass it detached."""
+    q, k = F.normalize(query, dim=1), F.normalize(gather(key), dim=1)
+    logits = q @ k.T / temperature
+    labels = torch.arange(len(q), device=q.device) + rank() * len(q)
+    return F.cross_entropy(logits, labels)

@@ -2,7 +2,7 @@
 import torch
 import torch.nn.functional as F
 
-from .distributed import gather, world_size
+from ..core.distributed import gather, world_size
 
 
 def _off_diagonal(m: torch.Tensor) -> torch.Tensor:

@@ -1,9 +1,16 @@
-"""The LightningModule every method stands on. It owns the shared mechanics; a method file adds
-only its heads and its loss (and its momentum target or queue, by switching them on here).
+"""The LightningModule every method stands on. It owns the mechanics; a method file supplies only:
 
-Shared here: N views through the backbone, an optional momentum target with a cosine schedule,
-optimiser and per-step schedule, online linear probe and k-NN monitor on detached features,
-skipped-file accounting, a NaN guard, and checks when a checkpoint is loaded.
+- `build_heads()`: its heads (and `build_backbone()` when it needs another encoder, e.g. a masked one);
+- `step(batch) -> {"loss": ..., "feats": ...}`: which views each network sees and the loss call.
+  Joint-embedding methods keep the default `step` and write `ssl_loss(feats, views)` instead;
+- `momentum_targets`: which modules are EMA copies of which (`{"target_backbone": "backbone"}`);
+- `param_groups()` when it needs more than "no weight decay on biases and norms" (layer-wise LR
+  decay is a constructor option; a predictor with its own LR scale or betas overrides this).
+
+Shared here: logging, the online linear probe and k-NN monitor on detached features, the NaN guard,
+skipped-file accounting, the LR schedule and the EMA updates with their cosine momentum schedule,
+and checks when a checkpoint is loaded. `self.hparams` holds what the caller passed; `self.cfg` the
+resolved values (method defaults filled in), read-only: one source of truth, never mutated.
 """
 from __future__ import annotations
 
@@ -12,22 +19,34 @@ from typing import Any, Sequence
 import pytorch_lightning as pl
 import torch
 import torch.nn as nn
-
 from pytorch_lightning.utilities import rank_zero_warn
 
 from ..backbones import create_backbone
+from ..data.batch import Batch, unpack_batch
 from ..heads import projection_head
-from ..train.optim import build_optimizer, build_scheduler, scaled_lr, split_decay
-from .batch import unpack_batch
+from ..optim import build_optimizer, build_scheduler, decay_groups, layer_decay_groups, scaled_lr
+from .fit_data import fit_loader, restore_loader_state
 from .momentum import cosine_tau, ema_update, momentum_copy
-from .online import OnlineKNN, OnlineProbe
+from .monitors import OnlineKNN, OnlineProbe
+
+
+class ResolvedConfig(dict):
+    """The method's resolved hyper-parameters, read-only (a method reads `self.cfg`, never writes it)."""
+
+    def _refuse(self, *args, **kwargs):
+        raise TypeError("a method's cfg is read-only: pass hyper-parameters to the constructor instead")
+
+    __setitem__ = __delitem__ = update = pop = popitem = setdefault = clear = _refuse  # type: ignore[assignment]
+
+    def __reduce__(self):
+        return type(self), (dict(self),)
 
 
 class SSLMethod(pl.LightningModule):
     name = "base"
     min_views = 2
-    uses_momentum = False  # True: a frozen EMA copy of backbone+projector is kept as `self.target_*`
     supports_memory_bank = False  # True: `memory_bank=True` turns on a queue of negatives
+    momentum_targets: dict[str, str] = {}  # EMA copy name -> online module name, built after build_heads
     defaults: dict[str, Any] = {}  # per-method hyper-parameter defaults (lr, optimizer, head sizes, ...)
 
     def __init__(self, backbone: str = "resnet18", projectionhead: str = "MLP", memory_bank: bool = False, *,
@@ -35,27 +54,27 @@ class SSLMethod(pl.LightningModule):
                  backbone_kwargs: dict | None = None, proj_hidden_dim: int | None = None,
                  proj_output_dim: int | None = None, proj_layers: int | None = None,
                  optimizer: str | None = None, lr: float | None = None, weight_decay: float | None = None,
-                 sgd_momentum: float = 0.9, scale_lr: bool = True, warmup_epochs: float = 0.0,
-                 warmup_steps: int | None = None, min_lr: float = 0.0, max_steps: int | None = None,
-                 momentum_base: float | None = None, num_views: int = 2, num_classes: int | None = None,
-                 probe_lr: float = 0.1, knn_k: int = 200, knn_t: float = 0.1, forward_views: str = "concat",
-                 channels_last: bool = False, compile: bool = False, seed: int | None = None,
-                 max_bad_fraction: float = 0.1, **method_kwargs: Any):
+                 sgd_momentum: float = 0.9, betas: Sequence[float] | None = None, layer_decay: float | None = None,
+                 scale_lr: bool = True, warmup_epochs: float = 0.0, warmup_steps: int | None = None,
+                 min_lr: float = 0.0, max_steps: int | None = None, momentum_base: float | None = None,
+                 num_views: int = 2, num_classes: int | None = None, probe_lr: float = 0.1, knn_k: int = 200,
+                 knn_t: float = 0.1, forward_views: str = "concat", channels_last: bool = False,
+                 compile: bool = False, seed: int | None = None, max_bad_fraction: float = 0.1, **method_kwargs: Any):
         super().__init__()
         self.save_hyperparameters()
-        hp = {**self.defaults, **{k: v for k, v in self.hparams.items() if v is not None}}
-        self.cfg = hp
+        given = {k: v for k, v in self.hparams.items() if v is not None}
+        self.cfg = ResolvedConfig({**self.defaults, **given})
         if num_views < self.min_views:
             raise ValueError(f"{type(self).__name__} needs at least {self.min_views} views, got num_views={num_views}")
         if forward_views not in ("concat", "per_view"):
             raise ValueError(f"forward_views must be 'concat' or 'per_view', got '{forward_views}'")
-        self.backbone = create_backbone(backbone, image_size=image_size, in_chans=in_chans,
-                                        pretrained=pretrained, **(backbone_kwargs or {}))
+        if layer_decay is not None and not 0 < layer_decay <= 1:
+            raise ValueError(f"layer_decay must be in (0, 1], got {layer_decay}")
+        self.backbone = self.build_backbone()
         self.feat_dim = self.backbone.num_features
         self.build_heads()
-        if self.uses_momentum:
-            self.target_backbone = momentum_copy(self.backbone)
-            self.target_projector = momentum_copy(self.projector)
+        for target, online in self.momentum_targets.items():
+            setattr(self, target, momentum_copy(getattr(self, online)))
         self.probe = OnlineProbe(self.feat_dim, num_classes) if num_classes else None
         self.knn = OnlineKNN(knn_k, knn_t)
         self._skipped = self._seen = 0
@@ -64,10 +83,38 @@ class SSLMethod(pl.LightningModule):
         self._encoder = torch.compile(self.backbone) if compile else self.backbone
 
     # ---- what a method provides -------------------------------------------------------------
+    def build_backbone(self) -> nn.Module:
+        """The encoder whose features evaluation uses; `self.backbone.num_features` wide."""
+        hp = self.hparams
+        return create_backbone(hp.backbone, image_size=hp.image_size, in_chans=hp.in_chans,
+                               pretrained=hp.pretrained, **(hp.backbone_kwargs or {}))
+
     def build_heads(self) -> None:
         """Create `self.projector` (and any predictor); `build_projector` does the common part."""
         raise NotImplementedError
 
+    def step(self, batch: Batch) -> dict[str, Any]:
+        """One training step's objective: {'loss': scalar, 'feats': [B, D] backbone features of the
+        first view for the online monitors (None: no monitor), 'log': {name: scalar} (optional)}.
+        The default serves the joint-embedding family: every view through the backbone, then `ssl_loss`."""
+        feats = self.encode_views(batch.views)
+        return {"loss": self.ssl_loss(feats, batch.views), "feats": feats[0]}
+
+    def ssl_loss(self, feats: list[torch.Tensor], views: list[torch.Tensor]) -> torch.Tensor:
+        """The joint-embedding objective from the backbone features of each view."""
+        raise NotImplementedError(f"{type(self).__name__} must define ssl_loss(feats, views) or step(batch)")
+
+    def param_groups(self) -> list[dict]:
+        """Optimiser groups of the trained parameters (not the probe, not EMA copies): no weight decay on
+        biases and norms; with `layer_decay`, timm's layer-wise LR decay over the backbone."""
+        trained = [(n, p) for n, p in self.named_parameters()
+                   if p.requires_grad and not n.startswith("probe.") and not self._is_target(n)]
+        if not self.cfg.get("layer_decay"):
+            return decay_groups(trained)
+        groups = layer_decay_groups(self.backbone.model, self.cfg["weight_decay"], self.cfg["layer_decay"])
+        return groups + decay_groups([(n, p) for n, p in trained if not n.startswith("backbone.")])
+
+    # ---- helpers a method calls ---------------------------------------------------------------
     def build_projector(self, last_bn: bool = False) -> int:
         """`self.projector` from the earlier API's `projectionhead` and the proj_* sizes; returns its width."""
         c = self.cfg
@@ -77,11 +124,6 @@ class SSLMethod(pl.LightningModule):
             rank_zero_warn(f"memory_bank=True has no effect on {type(self).__name__}: it uses no negatives")
         return out
 
-    def ssl_loss(self, feats: list[torch.Tensor], views: list[torch.Tensor]) -> torch.Tensor:
-        """The method's objective from the backbone features of each view."""
-        raise NotImplementedError
-
-    # ---- shared mechanics ---------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Backbone features: what evaluation uses."""
         return self.backbone(self._prepare(x))
@@ -90,7 +132,7 @@ class SSLMethod(pl.LightningModule):
         return x.contiguous(memory_format=torch.channels_last) if self.cfg["channels_last"] else x
 
     def encode_views(self, views: Sequence[torch.Tensor], encoder: nn.Module | None = None) -> list[torch.Tensor]:
-        """Features of every view. Views of one resolution go through the backbone in one
+        """Features of every view. Views of one resolution go through the encoder in one
         concatenated forward (BatchNorm then sees all views together) unless forward_views='per_view'."""
         encoder = encoder or self._encoder
         if self.cfg["forward_views"] == "per_view":
@@ -107,46 +149,58 @@ class SSLMethod(pl.LightningModule):
 
     @torch.no_grad()
     def encode_target(self, views: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """Projections of the momentum target (no gradient)."""
+        """Projections of the momentum target (no gradient) for the views it is shown."""
         return [self.target_projector(f) for f in self.encode_views(views, self.target_backbone)]
 
+    @property
+    def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        """(online, EMA copy) module pairs, updated after every optimiser step."""
+        return [(getattr(self, online), getattr(self, target)) for target, online in self.momentum_targets.items()]
+
+    def _is_target(self, param_name: str) -> bool:
+        return param_name.split(".", 1)[0] in self.momentum_targets
+
+    # ---- the training loop's mechanics ------------------------------------------------------------
     def setup(self, stage: str) -> None:
         if self.probe is None and stage == "fit":
-            n = _num_classes_from_trainer(self.trainer)
+            ds = getattr(fit_loader(self.trainer), "dataset", None)
+            n = int(getattr(ds, "num_classes", 0) or 0)
             if n:
                 self.probe = OnlineProbe(self.feat_dim, n)
-                self.hparams["num_classes"] = n  # so load_from_checkpoint rebuilds the probe
 
-    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        views, labels, skipped = unpack_batch(batch)
-        self._skipped += skipped
-        self._seen += skipped + (len(labels) if labels is not None else (len(views[0]) if views else 0))
-        if not views:
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor | None:
+        b = unpack_batch(batch)
+        self._skipped += b.skipped
+        self._seen += b.skipped + (len(b.labels) if b.labels is not None else b.size)
+        if not b.views:
             return None  # every file of this batch was unreadable
-        if len(views) < self.min_views:
+        if len(b.views) < self.min_views:
             raise ValueError(f"{type(self).__name__} needs at least {self.min_views} views per image, the batch has "
-                             f"{len(views)}; build the loader with num_views>={self.min_views}")
-        feats = self.encode_views(views)
-        loss = self.ssl_loss(feats, views)
+                             f"{len(b.views)}; build the loader with num_views>={self.min_views}")
+        out = self.step(b)
+        loss = out["loss"]
         self._check_finite(loss)
-        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(views[0]))
-        if labels is not None:
-            self.knn.add_train(feats[0], labels)
+        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=b.size)
+        for key, value in out.get("log", {}).items():
+            self.log(key, value, on_step=True, on_epoch=False, batch_size=b.size)
+        feats = out.get("feats")
+        if b.labels is not None and feats is not None:
+            self.knn.add_train(feats, b.labels)
             if self.probe is not None:
-                out = self.probe(feats[0], labels)
-                if out is not None:
-                    self.log_dict({"probe_loss": out[0], "probe_acc": out[1]}, on_step=False, on_epoch=True,
-                                  batch_size=len(labels))
-                    loss = loss + out[0]
+                probe = self.probe(feats, b.labels)
+                if probe is not None:
+                    self.log_dict({"probe_loss": probe[0], "probe_acc": probe[1]}, on_step=False, on_epoch=True,
+                                  batch_size=len(b.labels))
+                    loss = loss + probe[0]
         return loss
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self.uses_momentum:
+        if self.momentum_targets:
             # global_step already counts the step just taken: index it from 0 so the first update
             # uses momentum_base and the last is not a no-op at tau=1 (BYOL's schedule, k=0..K-1)
             tau = cosine_tau(self.global_step - 1, self._total_steps(), self.cfg.get("momentum_base", 0.99))
-            ema_update(self.backbone, self.target_backbone, tau)
-            ema_update(self.projector, self.target_projector, tau)
+            for online, target in self.momentum_pairs:
+                ema_update(online, target, tau)
             self.log("tau", tau, on_step=True, on_epoch=False)
 
     def on_train_epoch_start(self) -> None:
@@ -162,13 +216,13 @@ class SSLMethod(pl.LightningModule):
                                    f"remove or fix the corrupt files (or raise the threshold)")
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
-        views, labels, _ = unpack_batch(batch)
-        if labels is None or not views:
+        b = unpack_batch(batch)
+        if b.labels is None or not b.views:
             return
-        self.knn.add_val(self(views[0]), labels)
+        self.knn.add_val(self(b.views[0]), b.labels)
 
     def on_validation_epoch_end(self) -> None:
-        n = self.probe.classifier.out_features if self.probe is not None else _infer_classes(self.knn)
+        n = self.probe.classifier.out_features if self.probe is not None else self.knn.num_classes()
         acc = self.knn.compute(n) if n else None
         if acc is not None:
             self.log("knn_acc", acc, prog_bar=True)
@@ -181,49 +235,56 @@ class SSLMethod(pl.LightningModule):
                                      f"Lower optimizer.lr, add warmup, or train with precision=32")
 
     def _total_steps(self) -> int:
-        """Optimiser steps in the whole run, for the lr and momentum schedules.
+        """Optimiser steps in the whole run, for the LR and momentum schedules.
 
         Computed from the loader's length rather than `trainer.estimated_stepping_batches`, which
-        would start iterating the loader before a resumed run restores the loader's state."""
+        would set the loader up before a resumed run restores the loader's state."""
         if self.cfg.get("max_steps"):
             return int(self.cfg["max_steps"])
         if not hasattr(self, "_total_steps_cache"):
             t = self.trainer
-            per_epoch = 0
+            max_steps = t.max_steps if t.max_steps and t.max_steps > 0 else 0
             try:
-                per_epoch = len(_train_loader(t)) // max(1, t.world_size)
+                per_epoch = len(fit_loader(t)) // max(1, t.world_size)
             except TypeError:  # an iterable without length
-                pass
+                per_epoch = 0
             by_epochs = per_epoch * (t.max_epochs or 0) // max(1, t.accumulate_grad_batches)
-            candidates = [n for n in (t.max_steps if t.max_steps and t.max_steps > 0 else 0, by_epochs) if n > 0]
-            self._total_steps_cache = min(candidates) if candidates else 1000
+            candidates = [n for n in (max_steps, by_epochs) if n > 0]
+            if not candidates:
+                raise ValueError("cannot lay out the LR and momentum schedules: the training loader has no length and "
+                                 "no step limit is set; pass max_steps to the Trainer (trainer.max_steps)")
+            self._total_steps_cache = min(candidates)
         return self._total_steps_cache
 
     def configure_optimizers(self):
-        batch = _batch_size_from_trainer(self.trainer) or 256
+        loader = fit_loader(self.trainer)
+        batch = getattr(loader, "batch_size", None) or 256
         world = self.trainer.world_size if self._trainer else 1
-        lr = scaled_lr(self.cfg["lr"], batch * world, self.cfg["scale_lr"])
-        named = [(n, p) for n, p in self.named_parameters()
-                 if not n.startswith(("probe.", "target_")) and p.requires_grad]
-        decay, no_decay = split_decay(named)
-        groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+        c = self.cfg
+        lr = scaled_lr(c["lr"], batch * world, c["scale_lr"])
+        groups = self.param_groups()
         if self.probe is not None:
-            groups.append({"params": list(self.probe.parameters()), "lr": self.cfg["probe_lr"], "weight_decay": 0.0})
-        opt = build_optimizer(self.cfg["optimizer"], groups, lr, self.cfg["weight_decay"], self.cfg["sgd_momentum"])
+            groups.append({"params": list(self.probe.parameters()), "lr": c["probe_lr"], "weight_decay": 0.0})
+        opt = build_optimizer(c["optimizer"], groups, lr, c["weight_decay"], c["sgd_momentum"],
+                              betas=tuple(c.get("betas") or (0.9, 0.999)))
         total = self._total_steps()
         steps_per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1)) if self._trainer else 1
-        warmup = self.cfg.get("warmup_steps") or int(self.cfg["warmup_epochs"] * steps_per_epoch)
-        sched = build_scheduler(opt, total, warmup, self.cfg["min_lr"])
+        warmup = c.get("warmup_steps") or int(c["warmup_epochs"] * steps_per_epoch)
+        sched = build_scheduler(opt, total, warmup, c["min_lr"])
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def lr_scheduler_step(self, scheduler, metric) -> None:
         scheduler.step_update(num_updates=self.global_step + 1)
 
+    # ---- checkpoints --------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["autossl"] = {"method": self.name, "backbone": dict(self.backbone.spec)}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self._restore_loader_state(checkpoint)
+        restore_loader_state(self._trainer, checkpoint)
+        probe = checkpoint.get("state_dict", {}).get("probe.classifier.weight")
+        if self.probe is None and probe is not None:  # the probe was sized from the data when training began
+            self.probe = OnlineProbe(self.feat_dim, probe.shape[0]).to(self.device)
         saved = checkpoint.get("autossl")
         if not saved:
             return
@@ -232,34 +293,3 @@ class SSLMethod(pl.LightningModule):
         if mine != theirs:
             raise ValueError(f"checkpoint is {theirs['method']} with backbone {theirs['backbone']}, but this model is "
                              f"{mine['method']} with {mine['backbone']}; resume with the same method and backbone")
-
-    def _restore_loader_state(self, checkpoint: dict) -> None:
-        """Lightning restores a stateful loader only when resuming mid-epoch; at an epoch boundary we
-        do it, so the seeded loader continues with the next epoch's shuffle and augmentations."""
-        states = checkpoint.get("loops", {}).get("fit_loop", {}).get("state_dict", {}).get("combined_loader")
-        loader = _train_loader(self.trainer) if self._trainer else None
-        if states and hasattr(loader, "load_state_dict"):
-            loader.load_state_dict(states[0])
-
-
-def _infer_classes(knn: OnlineKNN) -> int:
-    ys = knn.bank_y + knn.query_y
-    return int(max(int(y.max()) for y in ys)) + 1 if ys else 0
-
-
-def _train_loader(trainer: pl.Trainer):
-    try:  # the loader given to fit(); read before Lightning wraps it (setup runs before loading)
-        return trainer.fit_loop._data_source.dataloader()
-    except Exception:
-        return None
-
-
-def _num_classes_from_trainer(trainer: pl.Trainer) -> int:
-    loader = _train_loader(trainer)
-    ds = getattr(loader, "dataset", None)
-    return int(getattr(ds, "num_classes", 0) or 0)
-
-
-def _batch_size_from_trainer(trainer: pl.Trainer) -> int | None:
-    loader = _train_loader(trainer)
-    return getattr(loader, "batch_size", None)

@@ -1,17 +1,15 @@
 """MoCo v2 (He et al., 2020; Chen et al., 2020): a momentum key encoder and, with
 `memory_bank=True`, a queue of negatives. Without the queue, in-batch keys are the negatives."""
-import torch
-import torch.nn.functional as F
-
-from ..losses import mean_over_cross_views, nt_xent_loss
-from ..losses.distributed import gather, rank
+from ..core.registry import METHODS
+from ..losses import infonce_loss, mean_over_cross_views, nt_xent_loss
 from .base import SSLMethod
 from .queue import FeatureQueue
 
 
+@METHODS.register("moco", aliases=("mocov2",))
 class MoCo(SSLMethod):
     name = "moco"
-    uses_momentum = True
+    momentum_targets = {"target_backbone": "backbone", "target_projector": "projector"}
     supports_memory_bank = True
     defaults = dict(optimizer="sgd", lr=0.3, weight_decay=1e-4, proj_hidden_dim=2048, proj_output_dim=256,
                     proj_layers=2, temperature=0.2, queue_size=32768, momentum_base=0.99)
@@ -25,15 +23,7 @@ class MoCo(SSLMethod):
         ks = self.encode_target(views)
         t = self.cfg["temperature"]
         if self.queue is None:
-            return mean_over_cross_views(lambda q, k: _in_batch_infonce(q, k, t), qs, ks)
+            return mean_over_cross_views(lambda q, k: infonce_loss(q, k, t), qs, ks)
         loss = mean_over_cross_views(lambda q, k: nt_xent_loss(q, k, t, queue=self.queue.negatives()), qs, ks)
         self.queue.push(ks[0])
         return loss
-
-
-def _in_batch_infonce(q: torch.Tensor, k: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Query-vs-keys InfoNCE where the other samples' keys are the negatives (MoCo v3 form)."""
-    q, k = F.normalize(q, dim=1), F.normalize(gather(k), dim=1)
-    logits = q @ k.T / temperature
-    labels = torch.arange(len(q), device=q.device) + rank() * len(q)
-    return F.cross_entropy(logits, labels)

@@ -3,7 +3,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..losses.distributed import gather
+from ..core.distributed import gather
 
 
 class FeatureQueue(nn.Module):

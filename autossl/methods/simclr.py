@@ -1,9 +1,11 @@
 """SimCLR (Chen et al., 2020): NT-Xent between views; `memory_bank=True` takes the negatives from a queue."""
+from ..core.registry import METHODS
 from ..losses import mean_over_view_pairs, nt_xent_loss
 from .base import SSLMethod
 from .queue import FeatureQueue
 
 
+@METHODS.register("simclr")
 class SimCLR(SSLMethod):
     name = "simclr"
     supports_memory_bank = True

@@ -1,9 +1,11 @@
 """SimSiam (Chen & He, 2021): BYOL without the momentum target; stop-gradient on the other branch."""
+from ..core.registry import METHODS
 from ..heads import prediction_head
 from ..losses import mean_over_cross_views, negative_cosine_loss
 from .base import SSLMethod
 
 
+@METHODS.register("simsiam", aliases=("siasiam",))
 class SimSiam(SSLMethod):
     name = "simsiam"
     defaults = dict(optimizer="sgd", lr=0.5, weight_decay=1e-5, proj_hidden_dim=2048, proj_output_dim=2048,

@@ -1,8 +1,10 @@
 """VICReg (Bardes et al., 2022): invariance, variance and covariance terms on the embeddings."""
+from ..core.registry import METHODS
 from ..losses import mean_over_view_pairs, vicreg_loss
 from .base import SSLMethod
 
 
+@METHODS.register("vicreg")
 class VICReg(SSLMethod):
     name = "vicreg"
     defaults = dict(optimizer="lars", lr=0.3, weight_decay=1e-4, proj_hidden_dim=2048, proj_output_dim=2048,

@@ -1,18 +1,7 @@
-"""Training: optimisers and schedules, checkpoint I/O, configuration, and the pretraining run.
+"""Training: configuration (Hydra), the pretraining run, checkpoint I/O, sweeps and export."""
+from .config import ConfigError, available_experiments, compose, validate
+from .export import backbone_from_checkpoint, export_backbone, method_from_checkpoint
+from .run import build_loaders, build_model, build_trainer, pretrain
 
-Imported lazily: methods use `train.optim`, and `train.run` uses methods.
-"""
-import importlib
-
-_EXPORTS = {"ConfigError": "config", "available_experiments": "config", "compose": "config", "validate": "config",
-            "build_loaders": "run", "build_model": "run", "build_trainer": "run", "pretrain": "run",
-            "export_backbone": "export", "backbone_from_checkpoint": "export", "method_from_checkpoint": "export"}
-
-
-def __getattr__(name):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    raise AttributeError(f"module 'autossl.train' has no attribute '{name}'")
-
-
-__all__ = list(_EXPORTS)
+__all__ = ["ConfigError", "available_experiments", "compose", "validate", "build_loaders", "build_model",
+           "build_trainer", "pretrain", "export_backbone", "backbone_from_checkpoint", "method_from_checkpoint"]

@@ -19,6 +19,7 @@ class GracefulStop(pl.Callback):
     def __init__(self, last_path: str | Path):
         self.last_path = Path(last_path)
         self.received: int | None = None
+        self._saved_step = -1
         self._previous: dict = {}
 
     def _handle(self, signum, frame) -> None:
@@ -41,13 +42,15 @@ class GracefulStop(pl.Callback):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # ModelCheckpoint saves at epoch ends; a run stopped by a signal or by max_steps mid-epoch
         # still leaves last.ckpt at its final step.
-        saved_step = getattr(trainer.checkpoint_callback, "_last_global_step_saved", -1)
-        if saved_step != trainer.global_step or not self.last_path.exists():
+        if self._saved_step != trainer.global_step or not self.last_path.exists():
             trainer.save_checkpoint(self.last_path)
         if self.received is not None:
             pl.utilities.rank_zero_info(f"\nstopped by signal {signal.Signals(self.received).name} at step "
                                         f"{trainer.global_step}; wrote {self.last_path} (resume with resume=true)")
         self._restore()
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        self._saved_step = trainer.global_step  # any save (ModelCheckpoint's included) of this step
 
     def on_exception(self, trainer, pl_module, exception) -> None:
         self._restore()

@@ -5,10 +5,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from .safe_load import load_checkpoint
+from ..core.io import atomic_torch_save, load_checkpoint
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -16,17 +15,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     until the new one is complete."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            with open(tmp, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        atomic_torch_save(checkpoint, path)
 
     def load_checkpoint(self, path, map_location: Any | None = None, weights_only: bool | None = None) -> dict[str, Any]:
         return load_checkpoint(path, map_location=map_location or "cpu")

@@ -2,12 +2,18 @@
 every key and value is validated, so a typo fails in one line that names the nearest valid key."""
 from __future__ import annotations
 
-import difflib
+import inspect
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
 from omegaconf import DictConfig, OmegaConf
+
+from ..backbones import resolve_name
+from ..core.registry import EXPERIMENTS, did_you_mean
+from ..data.datasets import DATASETS
+from ..methods import SSLMethod, get_method
+from ..optim import OPTIMIZERS
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 USER_EXPERIMENTS = "experiments"  # ./experiments/NAME.yaml, as the earlier autoSSL laid them out
@@ -40,15 +46,23 @@ def _flatten(d: Any, prefix: str = "") -> Iterable[str]:
 def _check_key(key: str, known: set[str], where: str) -> None:
     if key in known or any(key.startswith(f + ".") for f in FREE_FORM) or key.startswith("hydra.") or key == "experiment":
         return
-    close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.5)
-    hint = f"; did you mean '{close[0]}'?" if close else ""
-    raise ConfigError(f"unknown config key '{key}' {where}{hint}")
+    raise ConfigError(f"unknown config key '{key}' {where}{did_you_mean(key, known, 0.5)}")
 
 
 def available_experiments() -> list[str]:
-    names = {p.stem for p in (CONF_DIR / "experiment").glob("*.yaml")}
-    names |= {p.stem for p in Path(USER_EXPERIMENTS).glob("*.yaml")}
-    return sorted(names)
+    """Shipped (conf/experiment) and the user's (./experiments) YAML experiments, each registered in
+    the EXPERIMENTS registry under its file name with the file as its entry."""
+    for path in sorted((CONF_DIR / "experiment").glob("*.yaml")) + sorted(Path(USER_EXPERIMENTS).glob("*.yaml")):
+        if path.stem not in EXPERIMENTS:
+            EXPERIMENTS.register(path.stem, path, info=_first_comment(path))
+    return EXPERIMENTS.names()
+
+
+def _first_comment(path: Path) -> str:
+    for line in path.read_text().splitlines():
+        if line.startswith("#") and not line.startswith("# @package"):
+            return line.lstrip("# ").strip()
+    return str(path)
 
 
 def compose(overrides: list[str] | None = None) -> DictConfig:
@@ -66,9 +80,8 @@ def compose(overrides: list[str] | None = None) -> DictConfig:
         _check_key(key, known, "on the command line")
         if key == "experiment" and o.split("=", 1)[1] not in available_experiments() + ["null"]:
             name = o.split("=", 1)[1]
-            close = difflib.get_close_matches(name, available_experiments(), n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
-            raise ConfigError(f"unknown experiment '{name}'{hint} (autossl list experiments shows them)")
+            raise ConfigError(f"unknown experiment '{name}'{did_you_mean(name, available_experiments(), 0.6)} "
+                              f"(autossl list experiments shows them)")
     overrides = [_free_form(o) for o in overrides]
     GlobalHydra.instance().clear()
     with tempfile.TemporaryDirectory() as tmp:
@@ -99,17 +112,11 @@ def validate(cfg: DictConfig, known: set[str] | None = None) -> DictConfig:
     known = known or _known_keys()
     for key in _flatten(OmegaConf.to_container(cfg, resolve=False)):
         _check_key(key, known, "in the experiment")
-    from ..backbones import resolve_name
-    from ..data.datasets import DATASETS
-    from ..methods import get_method
-    from .optim import OPTIMIZERS
-
     method = _value(lambda: get_method(str(cfg.method)))
     _value(lambda: resolve_name(str(cfg.model.backbone)))
     if cfg.data.dataset not in DATASETS:
-        close = difflib.get_close_matches(str(cfg.data.dataset), DATASETS, n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
-        raise ConfigError(f"data.dataset='{cfg.data.dataset}' is not one of {', '.join(DATASETS[:5])}{hint}")
+        raise ConfigError(f"data.dataset='{cfg.data.dataset}' is not one of {', '.join(DATASETS[:5])}"
+                          f"{did_you_mean(str(cfg.data.dataset), DATASETS)}")
     if cfg.data.dataset == "folder" and not cfg.data.path:
         raise ConfigError("data.dataset=folder needs data.path=/path/to/images")
     lr = cfg.optimizer.lr
@@ -128,17 +135,11 @@ def validate(cfg: DictConfig, known: set[str] | None = None) -> DictConfig:
     allowed = set(method.defaults) | _init_args()
     for k in (cfg.model.params or {}):
         if k not in allowed:
-            close = difflib.get_close_matches(str(k), sorted(allowed), n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
-            raise ConfigError(f"unknown parameter model.params.{k} for {cfg.method}{hint}")
+            raise ConfigError(f"unknown parameter model.params.{k} for {cfg.method}{did_you_mean(str(k), allowed)}")
     return cfg
 
 
 def _init_args() -> set[str]:
-    import inspect
-
-    from ..methods import SSLMethod
-
     return {p for p in inspect.signature(SSLMethod.__init__).parameters if p not in ("self", "method_kwargs")}
 
 
@@ -147,3 +148,6 @@ def _value(fn):
         return fn()
     except ValueError as err:
         raise ConfigError(str(err)) from None
+
+
+available_experiments()  # register the shipped and ./experiments YAMLs, so `autossl list` shows them

@@ -6,7 +6,10 @@ import json
 import sys
 from pathlib import Path
 
-from ..train.safe_load import UnsafeCheckpointError
+from ..core.io import UnsafeCheckpointError
+from ..evaluate.api import Plot_embedding
+from ..evaluate.compare import compare, plot_comparison, to_markdown
+from ..evaluate.protocols import evaluate
 
 EVAL_KINDS = ("knn", "linear", "semisup", "finetune", "transfer", "embed")
 USER_ERRORS = (ValueError, TypeError, FileNotFoundError, PermissionError, ImportError, FloatingPointError,
@@ -105,11 +108,7 @@ def main_eval(argv: list[str]) -> int:
 
 
 def _eval(a: argparse.Namespace) -> int:
-    from .protocols import evaluate
-
     if a.kind == "embed":
-        from .api import Plot_embedding
-
         out = Plot_embedding(a.checkpoint, a.data, a.out or "embedding.png", a.method, image_size=a.image_size,
                              preset=a.preset, seed=a.seed, batch_size=a.batch_size, num_workers=a.num_workers,
                              device=a.device)
@@ -146,8 +145,6 @@ def main_compare(argv: list[str]) -> int:
 
 
 def _compare(a: argparse.Namespace) -> int:
-    from .compare import compare, plot_comparison, to_markdown
-
     opts = _options(a)
     metrics = opts.pop("metric")
     names = _csv(a.names) if a.names else None

@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..evaluate.knn import knn_predict
+from ..core.knn import knn_predict
 
 
 class OnlineProbe(nn.Module):
@@ -60,6 +60,11 @@ class OnlineKNN:
         pred = knn_predict(qx, bank_x, bank_y, num_classes, k=self.k, temperature=self.t)
         self.query_x, self.query_y = [], []
         return (pred[:, 0] == qy).float().mean().item()
+
+    def num_classes(self) -> int:
+        """Classes seen so far in the bank and the queries (labels are 0..n-1)."""
+        ys = self.bank_y + self.query_y
+        return int(max(int(y.max()) for y in ys)) + 1 if ys else 0
 
     def reset_bank(self) -> None:
         self.bank_x, self.bank_y = [], []

@@ -17,10 +17,10 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import Dataset, Subset
 
+from ..core.knn import knn_predict
 from ..data import Augment, make_dataloader, make_eval_loader, mnist_digits
 from ..evaluate.features import extract_features
-from ..evaluate.knn import knn_predict
-from ..methods import get_method
+from ..methods import METHODS, get_method
 
 # The demo's recipe (measured against alternatives: docs/mnist_methods.md). ResNet-18 keeps its ImageNet
 # stem at 32 px: each view costs ~16x fewer FLOPs than with the CIFAR stem, so 10 minutes of CPU buy
@@ -181,8 +181,6 @@ def tsne_2d(features: torch.Tensor, seed: int = 0) -> torch.Tensor:
 
 # ---- the command ------------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    from ..methods import METHODS
-
     p = argparse.ArgumentParser(prog="autossl demo", description=(
         "Pretrain one method on 4,000 MNIST digits (CPU, about 6 minutes), then compare k-NN accuracy on "
         "1,000 held-out digits against the same backbone at random initialisation."))

@@ -26,9 +26,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Subset
 
-from .features import extract_features
-from .knn import knn_predict
-from .linear import linear_probe
+from ..core.io import atomic_write_text
+from ..core.knn import knn_predict
+from ..data.loader import TransformedDataset
+from ..evaluate.features import extract_features
+from ..evaluate.linear import linear_probe
+from ..methods.checkpoint import backbone_from_checkpoint, method_from_checkpoint
+from ..train.run import build_loaders, build_model
 
 CACHE = "study_eval.json"
 CACHE_START = "study_start_eval.json"  # the untrained start, scored beside the first run that used it
@@ -60,7 +64,6 @@ def start_label(cfg: DictConfig) -> str:
 def eval_split(cfg: DictConfig, num_views: int = 2):
     """(train images, held-out images, eval transform, eval collate, views transform, views collate),
     taken from the loaders `pretrain` builds, so the held-out images are exactly those it never trained on."""
-    from ..train.run import build_loaders
 
     cfg = OmegaConf.merge(cfg, {"data": {"num_workers": 0, "num_views": num_views}})
     train, val = build_loaders(cfg)
@@ -72,7 +75,6 @@ def eval_split(cfg: DictConfig, num_views: int = 2):
 
 
 def _loader(ds, transform, collate, batch_size: int, limit: int | None, seed: int) -> DataLoader:
-    from ..data.loader import TransformedDataset
 
     if limit and len(ds) > limit:  # a seeded subset: tests and quick looks
         ds = Subset(ds, np.sort(np.random.default_rng(seed).choice(len(ds), limit, replace=False)).tolist())
@@ -99,7 +101,6 @@ def score_backbone(backbone: torch.nn.Module, cfg: DictConfig, *, knn_k: int = K
 def heldout_ssl_loss(ckpt: Path, cfg: DictConfig, *, max_test: int | None = None, max_batches: int = 20) -> float:
     """The SSL objective (projector kept) on held-out images, 2 views each, at the run's batch size,
     BatchNorm on batch statistics as in training; no gradient, the model is a throwaway copy."""
-    from ..train.export import method_from_checkpoint
 
     _, test, _, _, views, collate = eval_split(cfg, num_views=2)
     model = method_from_checkpoint(ckpt).train()
@@ -131,13 +132,10 @@ def evaluate_run(folder: Path, **options: Any) -> dict:
             saved = {}  # a damaged cache: score again
         scores = saved["scores"] if saved.get("key") == key else None
     if scores is None:
-        from ..train.export import backbone_from_checkpoint
-
         scores = score_backbone(backbone_from_checkpoint(ckpt), cfg, **options)
         scores["heldout_loss"] = heldout_ssl_loss(ckpt, cfg, max_test=options.get("max_test"))
-        tmp = cache.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"key": key, "scores": scores}, indent=2))
-        tmp.replace(cache)  # atomic: a study running beside this one never reads half a file
+        # atomic: a study running beside this one never reads half a file
+        atomic_write_text(cache, json.dumps({"key": key, "scores": scores}, indent=2))
     metrics = summary.get("metrics", {})
     steps, n_views, bs = int(summary["steps"]), int(cfg.data.num_views), int(cfg.data.batch_size)
     return {"method": str(cfg.method), "start": start_label(cfg),
@@ -154,7 +152,6 @@ def evaluate_starts(rows: pd.DataFrame, **options: Any) -> pd.DataFrame:
     every curve starts from."""
     import pytorch_lightning as pl
 
-    from ..train.run import build_model
 
     out = []
     for start, group in rows.groupby("start"):

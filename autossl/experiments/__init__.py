@@ -1,0 +1,1 @@
+"""Experiments built from the library's parts: the first-run demo and the views study."""
