@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 from ..core.registry import REGISTRIES, did_you_mean
 from ..experiments.demo import main as demo_main
 from ..experiments.study import main as study_main
-from ..train import compose, export_backbone, pretrain
+from ..train import compose, export_backbone, export_decoder, pretrain
 from ..train.sweep import run_sweep
 from .evaluate import main_compare, main_eval
 
@@ -19,7 +19,8 @@ commands:
                                   autossl pretrain experiment=cifar10_byol optimizer.lr=0.5 data.num_views=4
   sweep [KEY=A,B ...]             train every combination (Hydra multirun), e.g.
                                   autossl sweep experiment=mnist_simclr data.num_views=2,4 method=vicreg,barlowtwins
-  export CHECKPOINT --out FILE    backbone weights only, as safetensors (name and arguments in its metadata)
+  export CHECKPOINT --out FILE    backbone weights only, as safetensors (name and arguments in its metadata);
+                                  --decoder FILE also writes a masked-image-modelling decoder
   list [methods|backbones|datasets|protocols|experiments]
   eval knn|linear|semisup|finetune|transfer|embed --checkpoint PATH --data DATA
   compare RUN [RUN ...] --out table.md
@@ -80,7 +81,10 @@ def _export(args: list[str]) -> int:
     p = argparse.ArgumentParser(prog="autossl export", description="Export backbone weights as safetensors.")
     p.add_argument("checkpoint")
     p.add_argument("--out", default="backbone.safetensors")
+    p.add_argument("--decoder", help="also write the decoder of a masked-image-modelling run to this file")
     a = p.parse_args(args)
+    if a.decoder:
+        print(f"wrote {export_decoder(a.checkpoint, a.decoder)}")
     print(f"wrote {export_backbone(a.checkpoint, a.out)}")
     return 0
 

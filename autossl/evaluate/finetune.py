@@ -49,7 +49,8 @@ class Classifier(nn.Module):
 def finetune(encoder: nn.Module, train: Dataset, test: Dataset, num_classes: int, *, epochs: int = 2,
              batch_size: int = 64, lr: float = 1e-3, weight_decay: float = 0.05, layer_decay: float | None = 0.75,
              warmup_epochs: float = 0.5, min_lr: float = 1e-6, label_smoothing: float = 0.1, mixup: float = 0.0,
-             cutmix: float = 0.0, ema_decay: float | None = None, augment: bool = True, opt: str = "adamw",
+             cutmix: float = 0.0, ema_decay: float | None = None, drop_path: float = 0.0, augment: bool = True,
+             opt: str = "adamw",
              image_size: int = 32, preset: str | None = None, num_workers: int = 0, seed: int = 0,
              bf16: bool = False, device: str | torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """Fine-tune a copy of `encoder` (the caller's model is left untouched); returns test logits, test labels
@@ -65,6 +66,7 @@ def finetune(encoder: nn.Module, train: Dataset, test: Dataset, num_classes: int
     device = torch.device(device) if device is not None else default_device()
     torch.manual_seed(seed)
     encoder = copy.deepcopy(encoder).to(device)
+    set_drop_path(encoder, drop_path)
     loader = eval_loader(train, image_size=image_size, preset=preset, batch_size=batch_size, num_workers=num_workers,
                          augment=augment, shuffle=True, drop_last=len(train) > batch_size, seed=seed)
     with torch.no_grad():
@@ -109,8 +111,23 @@ def finetune(encoder: nn.Module, train: Dataset, test: Dataset, num_classes: int
                                         num_workers=num_workers), device, bf16)
     info = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay, "layer_decay": layer_decay,
             "warmup_epochs": warmup_epochs, "label_smoothing": label_smoothing, "mixup": mixup, "cutmix": cutmix,
-            "ema_decay": ema_decay, "augment": augment, "optimizer": f"{opt}, warmup+cosine (timm)", "steps": step}
+            "ema_decay": ema_decay, "drop_path": drop_path, "augment": augment, "optimizer": f"{opt}, warmup+cosine (timm)", "steps": step}
     return logits, labels, info
+
+
+def set_drop_path(model: nn.Module, rate: float) -> int:
+    """Stochastic depth for fine-tuning (ConvNeXt-V2, MAE): the residual branches' `drop_path*`
+    slots (timm blocks hold an Identity there when built with rate 0) get DropPath with rates rising
+    linearly from 0 to `rate` over the depth, timm's rule. Returns how many were set."""
+    from timm.layers import DropPath
+
+    slots = [(m, name) for m in model.modules() for name in ("drop_path", "drop_path1", "drop_path2")
+             if isinstance(getattr(m, name, None), (nn.Identity, DropPath))]
+    blocks = list(dict.fromkeys(m for m, _ in slots))
+    for m, name in slots:
+        i = blocks.index(m)
+        setattr(m, name, DropPath(rate * i / max(1, len(blocks) - 1)) if rate > 0 else nn.Identity())
+    return len(blocks)
 
 
 @torch.no_grad()

@@ -37,3 +37,12 @@ def method_from_checkpoint(path: str | Path):
     model.on_load_checkpoint(ckpt)  # builds what the checkpoint holds beyond the constructor (the probe)
     model.load_state_dict(ckpt["state_dict"])
     return model
+
+
+def head_state_from_checkpoint(path: str | Path, prefix: str = "decoder.") -> dict:
+    """The weights of one head of a trained method (e.g. the MAE/FCMAE decoder), prefix removed."""
+    ckpt = _autossl_checkpoint(path)
+    state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+    if not state:
+        raise ValueError(f"{path} has no '{prefix.rstrip('.')}' weights ({ckpt['autossl']['method']} has none)")
+    return state

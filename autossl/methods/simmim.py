@@ -20,7 +20,7 @@ from .base import SSLMethod
 class SimMIM(SSLMethod):
     name = "simmim"
     min_views = 1
-    defaults = dict(optimizer="adamw", lr=2e-4, weight_decay=0.05, betas=(0.9, 0.999), mask_ratio=0.6,
+    defaults = dict(optimizer="adamw", lr=1e-4, weight_decay=0.05, betas=(0.9, 0.999), mask_ratio=0.6,
                     mask_patch_size=None)
 
     def build_heads(self):

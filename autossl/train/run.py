@@ -17,6 +17,7 @@ from ..data.views import preset_for
 from ..methods import get_method
 from .callbacks import GracefulStop
 from .checkpoint import AtomicCheckpointIO, check_writable
+from .figures import ReconstructionFigure
 
 
 def run_dir(cfg: DictConfig) -> Path:
@@ -83,7 +84,7 @@ def build_trainer(cfg: DictConfig, ckpt_dir: Path, callbacks: list | None = None
         loggers.append(WandbLogger(project=lg.wandb_project, name=str(cfg.name), save_dir=str(log_dir)))
     ckpt = ModelCheckpoint(dirpath=str(ckpt_dir), filename="epoch{epoch:03d}", auto_insert_metric_name=False,
                            save_last=True, save_top_k=0, every_n_epochs=int(cfg.checkpoint.every_n_epochs))
-    cbs = [ckpt, GracefulStop(ckpt_dir / "last.ckpt")] + (callbacks or [])
+    cbs = [ckpt, GracefulStop(ckpt_dir / "last.ckpt"), ReconstructionFigure(log_dir)] + (callbacks or [])
     if loggers:
         cbs.append(LearningRateMonitor(logging_interval="step"))
     precision = str(t.precision)
