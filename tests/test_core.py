@@ -163,3 +163,15 @@ def test_a_method_without_loss_says_what_to_write():
     model = NoLoss(**TINY)
     with pytest.raises(NotImplementedError, match="ssl_loss\\(feats, views\\) or step\\(batch\\)"):
         model.step(Batch([torch.randn(2, 3, 16, 16)] * 2))
+
+
+def test_a_loader_without_length_needs_a_step_limit(tmp_path):
+    class Stream(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            while True:
+                yield {"views": [torch.randn(4, 3, 16, 16)] * 2, "label": torch.zeros(4, dtype=torch.long) - 1}
+
+    loader = torch.utils.data.DataLoader(Stream(), batch_size=None)
+    with pytest.raises(ValueError, match="no length and no step limit is set; pass max_steps"):
+        quiet_trainer(tmp_path, max_epochs=1, limit_train_batches=2).fit(SimCLR(**TINY), loader)
+    quiet_trainer(tmp_path, max_steps=2).fit(SimCLR(**TINY), loader)  # with a limit it trains

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from lightly.loss import BarlowTwinsLoss, NegativeCosineSimilarity, NTXentLoss, VICRegLoss
 
-from autossl.losses import (barlow_twins_loss, mean_over_view_pairs, negative_cosine_loss, nt_xent_loss,
-                            vicreg_loss)
+from autossl.losses import (barlow_twins_loss, infonce_loss, mean_over_view_pairs, negative_cosine_loss,
+                            nt_xent_loss, vicreg_loss)
 
 R2 = 1 / math.sqrt(2)
 
@@ -48,6 +48,14 @@ def test_nt_xent_with_queue_by_hand():
     tau = 0.2
     expected = _ce(R2, [0.0, -1.0], tau)
     assert nt_xent_loss(z_a, z_b, tau, queue=queue).item() == pytest.approx(expected, rel=1e-9)
+
+
+def test_infonce_by_hand():
+    # MoCo without a queue (v3's form): each query's positive is its own key, the other keys are negatives.
+    q, k = t([[1, 0], [0, 1]]), t([[1, 1], [0, 3]])
+    tau = 0.5
+    expected = (_ce(R2, [0.0], tau) + _ce(1.0, [R2], tau)) / 2  # q0: pos k0, neg k1; q1: pos k1, neg k0
+    assert infonce_loss(q, k, tau).item() == pytest.approx(expected, rel=1e-9)
 
 
 def test_negative_cosine_by_hand():

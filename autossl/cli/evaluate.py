@@ -63,6 +63,7 @@ def _eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--mixup", type=float, default=0.0, help="finetune: mixup alpha")
     p.add_argument("--cutmix", type=float, default=0.0, help="finetune: cutmix alpha")
     p.add_argument("--ema", type=float, help="finetune: EMA decay of the weights, e.g. 0.999")
+    p.add_argument("--drop-path", type=float, default=0.0, help="finetune: stochastic depth rate (ConvNeXt-V2, MAE: 0.1)")
     p.add_argument("--protocols", default="linear,finetune", help="transfer: which of linear,finetune")
     p.add_argument("--method", default="umap", choices=("umap", "tsne"), help="embed: the 2-D map")
     return p
@@ -79,7 +80,8 @@ def _options(a: argparse.Namespace) -> dict:
 
 def _protocol_options(a: argparse.Namespace) -> dict:
     finetune = {k: v for k, v in dict(epochs=a.epochs, lr=a.lr, layer_decay=a.layer_decay if a.layer_decay != 1 else None,
-                                      mixup=a.mixup, cutmix=a.cutmix, ema_decay=a.ema).items() if v is not None}
+                                      mixup=a.mixup, cutmix=a.cutmix, ema_decay=a.ema,
+                                      drop_path=a.drop_path).items() if v is not None}
     if a.kind == "knn":
         return dict(k=a.k, temperature=a.temperature)
     if a.kind == "linear":

@@ -65,7 +65,7 @@ def finetune(encoder: nn.Module, train: Dataset, test: Dataset, num_classes: int
         raise ValueError(f"fine-tuning needs at least 1 epoch, got epochs={epochs}")
     device = torch.device(device) if device is not None else default_device()
     torch.manual_seed(seed)
-    encoder = copy.deepcopy(encoder).to(device)
+    encoder = copy.deepcopy(encoder).to(device).requires_grad_(True)  # all of it: pretraining may have frozen parts
     set_drop_path(encoder, drop_path)
     loader = eval_loader(train, image_size=image_size, preset=preset, batch_size=batch_size, num_workers=num_workers,
                          augment=augment, shuffle=True, drop_last=len(train) > batch_size, seed=seed)

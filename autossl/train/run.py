@@ -68,7 +68,7 @@ def build_model(cfg: DictConfig, num_classes: int | None = None) -> pl.Lightning
 
 
 def build_trainer(cfg: DictConfig, ckpt_dir: Path, callbacks: list | None = None) -> pl.Trainer:
-    from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+    from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
     from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
     t, lg = cfg.trainer, cfg.logging
@@ -87,6 +87,8 @@ def build_trainer(cfg: DictConfig, ckpt_dir: Path, callbacks: list | None = None
     cbs = [ckpt, GracefulStop(ckpt_dir / "last.ckpt"), ReconstructionFigure(log_dir)] + (callbacks or [])
     if loggers:
         cbs.append(LearningRateMonitor(logging_interval="step"))
+    if t.progress_bar:  # tqdm whether or not `rich` is installed: it streams to logs and pipes line by line
+        cbs.append(TQDMProgressBar())
     precision = str(t.precision)
     if precision == "16-mixed" and not torch.cuda.is_available():
         raise ValueError("trainer.precision=16-mixed needs a GPU; on CPU use bf16-mixed or 32")
