@@ -14,8 +14,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn as nn
 
-from autossl.losses import barlow_twins_loss, nt_xent_loss, vicreg_loss
 from autossl.core.distributed import world_size
+from autossl.losses import barlow_twins_loss, nt_xent_loss, vicreg_loss
 
 WORLD, PER_RANK, D_IN, D = 2, 6, 5, 8
 
@@ -137,3 +137,25 @@ def test_ddp_parameter_grads_match_single_process(ranks, name):
     for r in ranks:  # DDP all-reduces (averages) parameter gradients: every rank holds the same ones
         for got, want in zip(r["ddp_" + name], expected):
             torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
+
+
+def test_autossl_pretrain_runs_on_two_cpu_processes(tmp_path):
+    """Lightning re-creates the seeded loader to insert its DistributedSampler and passes `generator` back:
+    that used to raise MisconfigurationException at the first step of every multi-process run."""
+    import subprocess
+    import sys
+
+    from conftest import write_image
+
+    for i in range(16):
+        write_image(tmp_path / "imgs" / f"{i}.png", size=(16, 16), seed=i)
+    args = ["method=simclr", "data.dataset=folder", f"data.path={tmp_path / 'imgs'}", "data.image_size=16",
+            "data.batch_size=4", "data.num_workers=0", "data.val_split=0", "trainer.max_steps=2",
+            "trainer.progress_bar=false", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp",
+            "model.params.proj_hidden_dim=16", "model.params.proj_output_dim=8", "logging.tensorboard=false",
+            "name=ddp"]
+    out = subprocess.run([sys.executable, "-m", "autossl", "pretrain", *args], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "finished: ddp after 2 steps" in out.stdout
+    assert torch.load(tmp_path / "checkpoints" / "ddp" / "last.ckpt", weights_only=True)["global_step"] == 2

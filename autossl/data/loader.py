@@ -109,8 +109,10 @@ class SeededDataLoader(DataLoader):
     Workers are started per epoch (not persistent) so that their random streams are re-seeded too.
     """
 
-    def __init__(self, *args, seed: int, **kwargs):
-        super().__init__(*args, generator=torch.Generator(), **kwargs)
+    def __init__(self, *args, seed: int, generator: torch.Generator | None = None, **kwargs):
+        # `generator` is accepted because Lightning re-creates the loader with the arguments it was built
+        # with (to insert a DistributedSampler, or for overfit_batches) and passes the generator back.
+        super().__init__(*args, generator=generator if generator is not None else torch.Generator(), **kwargs)
         self.seed, self.epoch = seed, 0
 
     def __iter__(self):
