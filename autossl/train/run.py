@@ -11,6 +11,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import Subset
 
+from ..core.io import atomic_write_text
 from ..data import Augment, make_dataloader, make_eval_loader
 from ..data.datasets import build_dataset
 from ..data.views import preset_for
@@ -18,6 +19,7 @@ from ..methods import get_method
 from .callbacks import GracefulStop
 from .checkpoint import AtomicCheckpointIO, check_writable
 from .figures import ReconstructionFigure
+from .run_checkpoints import RunCheckpoints, resume_checkpoint
 
 
 def run_dir(cfg: DictConfig) -> Path:
@@ -68,7 +70,7 @@ def build_model(cfg: DictConfig, num_classes: int | None = None) -> pl.Lightning
 
 
 def build_trainer(cfg: DictConfig, ckpt_dir: Path, callbacks: list | None = None) -> pl.Trainer:
-    from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+    from pytorch_lightning.callbacks import LearningRateMonitor, TQDMProgressBar
     from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
     t, lg = cfg.trainer, cfg.logging
@@ -82,8 +84,9 @@ def build_trainer(cfg: DictConfig, ckpt_dir: Path, callbacks: list | None = None
         from pytorch_lightning.loggers import WandbLogger
 
         loggers.append(WandbLogger(project=lg.wandb_project, name=str(cfg.name), save_dir=str(log_dir)))
-    ckpt = ModelCheckpoint(dirpath=str(ckpt_dir), filename="epoch{epoch:03d}", auto_insert_metric_name=False,
-                           save_last=True, save_top_k=0, every_n_epochs=int(cfg.checkpoint.every_n_epochs))
+    c = cfg.checkpoint
+    ckpt = RunCheckpoints(ckpt_dir, every_n_steps=c.get("every_n_steps"), every_n_minutes=c.get("every_n_minutes"),
+                          every_n_epochs=c.every_n_epochs, keep_last=int(c.get("keep_last", 2)))
     cbs = [ckpt, GracefulStop(ckpt_dir / "last.ckpt"), ReconstructionFigure(log_dir)] + (callbacks or [])
     if loggers:
         cbs.append(LearningRateMonitor(logging_interval="step"))
@@ -112,9 +115,11 @@ def pretrain(cfg: DictConfig, callbacks: list | None = None) -> dict:
     last = ckpt_dir / "last.ckpt"
     ckpt_path = None
     if cfg.resume:
-        if not last.exists():
-            raise FileNotFoundError(f"resume=true but {last} does not exist; run without resume=true first")
-        ckpt_path = str(last)
+        found = resume_checkpoint(ckpt_dir)
+        if found is None:
+            raise FileNotFoundError(f"resume=true but {last} does not exist (nor an intact step checkpoint); "
+                                    f"run without resume=true first")
+        ckpt_path = str(found)
     _write_config(cfg, ckpt_dir)
     trainer = build_trainer(cfg, ckpt_dir, callbacks)
     start = time.time()
@@ -123,12 +128,10 @@ def pretrain(cfg: DictConfig, callbacks: list | None = None) -> dict:
     summary = {"name": str(cfg.name), "method": str(cfg.method), "steps": trainer.global_step,
                "epochs": trainer.current_epoch, "seconds": round(time.time() - start, 1), "metrics": metrics,
                "checkpoint": str(last), "interrupted": any(getattr(c, "received", None) for c in trainer.callbacks)}
-    (ckpt_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_text(ckpt_dir / "summary.json", json.dumps(summary, indent=2))
     return summary
 
 
 def _write_config(cfg: DictConfig, folder: Path) -> None:
     """The resolved config beside the checkpoints (atomically, like them)."""
-    tmp = folder / ".config.yaml.tmp"
-    tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    tmp.replace(folder / "config.yaml")
+    atomic_write_text(folder / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
