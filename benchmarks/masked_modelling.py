@@ -106,8 +106,9 @@ class Meter(pl.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self.clock.tick()
-        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        self.losses.append(float(loss))
+        # the reconstruction loss itself: the step's output also holds the online probe's loss
+        # (the method adds a linear probe on detached features when the data has labels)
+        self.losses.append(float(trainer.callback_metrics["train_loss_step"]))
         step = trainer.global_step
         if self.log_every and (step % self.log_every == 0 or step == trainer.max_steps):
             recent = self.losses[-self.log_every:]

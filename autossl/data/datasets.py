@@ -9,7 +9,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 from ..core.registry import DATASETS as DATASET_REGISTRY
 from ..core.registry import did_you_mean
@@ -172,6 +172,33 @@ def build_dataset(data: Any, *, train: bool = True, root: str | Path = DEFAULT_R
                              f"mnist, cifar10, cifar100, stl10, or give a folder path or (X, y) arrays)")
         return NAMED.get(name)(root=root, train=train, download=download)
     raise TypeError(f"cannot build a dataset from {type(data).__name__}; give a name, a folder path, (X, y) arrays or a torch Dataset")
+
+
+def native_size(ds: Dataset) -> int | None:
+    """The longer side of the dataset's images as stored (arrays: their shape; folders: the first readable
+    file's header), or None when it cannot be known without decoding."""
+    while isinstance(ds, Subset) or hasattr(ds, "base"):
+        ds = ds.dataset if isinstance(ds, Subset) else ds.base
+    if isinstance(ds, ArrayDataset):
+        return int(max(ds.images.shape[-2:]))
+    if isinstance(ds, ImageFolderDataset):
+        from PIL import Image
+
+        for path in ds.files[:16]:
+            try:
+                with Image.open(path) as im:  # the header only: no pixels are decoded
+                    return int(max(im.size))
+            except READ_ERRORS:
+                continue
+    return None
+
+
+def default_image_size(ds: Dataset) -> int | None:
+    """The training size for data without a preset: the images' own size (at least 16 px, at most ImageNet's
+    224). A folder of 32 px CIFAR JPEGs used to be trained at 224 px (49 times the pixels), and 28 px digit
+    arrays at 224 px in a 32 px CIFAR-stem ResNet, which ran the machine out of memory."""
+    native = native_size(ds)
+    return None if native is None else max(16, min(native, 224))
 
 
 def num_classes_of(ds: Dataset) -> int:

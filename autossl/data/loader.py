@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from .batch import make_batch
 from .batch_views import BatchViewCollate, make_batch_views
-from .datasets import build_dataset, num_classes_of
+from .datasets import build_dataset, default_image_size, num_classes_of
 from .views import Augment, eval_transform, make_views, preset_for
 
 
@@ -70,6 +70,9 @@ def make_dataloader(data: Any = "mnist", *, num_views: int = 2, batch_size: int 
                     **dataset_kwargs: Any) -> DataLoader:
     """A training DataLoader of views: `trainer.fit(model, make_dataloader('mnist', num_views=4))`.
 
+    `image_size` defaults to the preset's (a dataset name), else to the data's own size (arrays, folders:
+    `datasets.default_image_size`: their own size, 16 to 224 px).
+
     `data` is a dataset name, a folder path, arrays `(X, y)` or a Dataset. Batches are dicts with
     `views` (list of [B, C, H, W] tensors), `label` (-1 when unlabelled) and `skipped` (unreadable files).
     `batched_views=True` augments each stacked batch at once (batch_views.py): the same recipe, several
@@ -77,6 +80,7 @@ def make_dataloader(data: Any = "mnist", *, num_views: int = 2, batch_size: int 
     """
     dataset = build_dataset(data, **dataset_kwargs)
     preset = preset or (data if isinstance(data, str) and not os.path.exists(data) else None)
+    image_size = image_size or (None if preset else default_image_size(dataset))
     view_args = dict(asymmetric=asymmetric, num_local=num_local, local_size=local_size, augment=augment)
     if batched_views:
         collate = BatchViewCollate(make_batch_views(preset, num_views, image_size, **view_args))
@@ -97,6 +101,7 @@ def make_eval_loader(data: Any, *, batch_size: int = 256, image_size: int | None
     """Deterministic (resize + normalise) batches of `image`/`label`, for validation and evaluation."""
     dataset = build_dataset(data, **dataset_kwargs)
     preset = preset or (data if isinstance(data, str) and not os.path.exists(data) else None)
+    image_size = image_size or (None if preset else default_image_size(dataset))
     ds = TransformedDataset(dataset, eval_transform(preset_for(preset, image_size)))
     return _loader(ds, batch_size, False, False, num_workers, None)
 

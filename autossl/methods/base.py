@@ -22,6 +22,7 @@ import torch.nn as nn
 from pytorch_lightning.utilities import rank_zero_warn
 
 from ..backbones import create_backbone
+from ..backbones.registry import SMALL_IMAGE
 from ..data.batch import Batch, unpack_batch
 from ..heads import projection_head
 from ..optim import build_optimizer, build_scheduler, decay_groups, layer_decay_groups, scaled_lr
@@ -177,6 +178,7 @@ class SSLMethod(pl.LightningModule):
         if len(b.views) < self.min_views:
             raise ValueError(f"{type(self).__name__} needs at least {self.min_views} views per image, the batch has "
                              f"{len(b.views)}; build the loader with num_views>={self.min_views}")
+        self._check_image_size(b.views[0])
         out = self.step(b)
         loss = out["loss"]
         self._check_finite(loss)
@@ -226,6 +228,19 @@ class SSLMethod(pl.LightningModule):
         acc = self.knn.compute(n) if n else None
         if acc is not None:
             self.log("knn_acc", acc, prog_bar=True)
+
+    def _check_image_size(self, images: torch.Tensor) -> None:
+        """Before any forward: a batch the model was not built for fails in one line. A CNN adapts soundly to
+        another size of the same class (28 px digits in a 32 px model); a fixed-size model (ViT, Swin: their
+        position grid) or a CNN whose stem was chosen for the other class (a small-image stem fed 224 px
+        images needs ~49x the activation memory) does not."""
+        built, got = int(self.hparams.image_size), int(max(images.shape[-2:]))
+        if got == built:
+            return
+        fixed = hasattr(self.backbone.model, "patch_embed")  # ViT/Swin/...: positions for one grid size
+        if fixed or (got > SMALL_IMAGE) != (built > SMALL_IMAGE):
+            raise ValueError(f"the batches hold {got} px images but {type(self).__name__} was built for {built} px; "
+                             f"build the loader with image_size={built} or the model with image_size={got}")
 
     def _check_finite(self, loss: torch.Tensor) -> None:
         if not torch.isfinite(loss.detach()):

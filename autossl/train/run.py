@@ -13,7 +13,7 @@ from torch.utils.data import Subset
 
 from ..core.io import atomic_write_text
 from ..data import Augment, make_dataloader, make_eval_loader
-from ..data.datasets import build_dataset
+from ..data.datasets import build_dataset, default_image_size
 from ..data.views import preset_for
 from ..methods import get_method
 from .callbacks import GracefulStop
@@ -24,6 +24,17 @@ from .run_checkpoints import RunCheckpoints, resume_checkpoint
 
 def run_dir(cfg: DictConfig) -> Path:
     return Path(cfg.checkpoint.dir) / str(cfg.name)
+
+
+def image_size_of(cfg: DictConfig) -> int:
+    """data.image_size, else the dataset preset's, else (a folder) the images' own size (16 to 224 px):
+    the loaders and the model are both built for this size."""
+    d = cfg.data
+    if d.image_size:
+        return int(d.image_size)
+    if d.dataset != "folder":
+        return preset_for(d.dataset).image_size
+    return default_image_size(build_dataset(d.path)) or preset_for(None).image_size
 
 
 def build_loaders(cfg: DictConfig):
@@ -41,17 +52,18 @@ def build_loaders(cfg: DictConfig):
         n_val = max(1, int(len(full) * float(d.val_split)))
         val_data, full = Subset(full, order[:n_val]), Subset(full, order[n_val:])
     preset = d.dataset if d.dataset != "folder" else None
+    size = image_size_of(cfg)
     a = d.augment
     augment = Augment(crop_scale=(float(a.crop_min_scale), 1.0), jitter=tuple(a.jitter), jitter_prob=a.jitter_prob,
                       grayscale_prob=a.grayscale_prob, solarize_prob=a.solarize_prob, hflip=a.hflip,
                       blur_prob=(0.5 if preset_for(preset).blur else 0.0) if a.blur_prob is None else a.blur_prob)
-    train = make_dataloader(full, num_views=int(d.num_views), batch_size=int(d.batch_size), image_size=d.image_size,
+    train = make_dataloader(full, num_views=int(d.num_views), batch_size=int(d.batch_size), image_size=size,
                             preset=preset, asymmetric=bool(d.asymmetric), num_local=int(d.num_local),
                             local_size=d.local_size, augment=augment, num_workers=d.num_workers, seed=int(cfg.seed),
                             batched_views=bool(d.get("batched_views", False)))
     val = None
     if val_data is not None:
-        val = make_eval_loader(val_data, batch_size=max(256, int(d.batch_size)), image_size=d.image_size,
+        val = make_eval_loader(val_data, batch_size=max(256, int(d.batch_size)), image_size=size,
                                preset=preset, num_workers=d.num_workers)
     return train, val
 
@@ -59,7 +71,7 @@ def build_loaders(cfg: DictConfig):
 def build_model(cfg: DictConfig, num_classes: int | None = None) -> pl.LightningModule:
     m, o, d = cfg.model, cfg.optimizer, cfg.data
     kwargs = dict(backbone=m.backbone, projectionhead=m.projectionhead, memory_bank=bool(m.memory_bank),
-                  image_size=int(d.image_size or preset_for(d.dataset if d.dataset != "folder" else None).image_size),
+                  image_size=image_size_of(cfg),
                   pretrained=m.pretrained, forward_views=m.forward_views, optimizer=o.name, lr=o.lr,
                   weight_decay=o.weight_decay, sgd_momentum=o.momentum, scale_lr=o.scale_lr,
                   warmup_epochs=o.warmup_epochs, min_lr=o.min_lr, num_views=int(d.num_views), num_classes=num_classes,
