@@ -168,3 +168,88 @@ def test_arrays_of_the_wrong_shape():
         build_dataset(np.zeros((2, 10)))
     with pytest.raises(TypeError, match="cannot build a dataset"):
         build_dataset(3.5)
+
+
+# ---- hostile and awkward files (reliability issue, finding 6) ------------------------------------------------
+def test_a_decompression_bomb_is_skipped_like_any_unreadable_file(tmp_path, monkeypatch):
+    for i in range(3):
+        write_image(tmp_path / "imgs" / f"{i}.png", size=(8, 8), seed=i)
+    write_image(tmp_path / "imgs" / "bomb.png", size=(40, 40), seed=9)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 600)  # 40x40 = 1600 > 2 x 600: PIL raises, not warns
+    ds = build_dataset(str(tmp_path / "imgs"))
+    assert [ds[i][0] is None for i in range(len(ds))] == [False, False, False, True]  # sorted: 0, 1, 2, bomb
+
+
+def test_hidden_and_macos_resource_files_are_not_images(tmp_path):
+    for i in range(2):
+        write_image(tmp_path / "imgs" / "cat" / f"{i}.jpg", seed=i)
+    (tmp_path / "imgs" / "cat" / "._0.jpg").write_bytes(b"\x00\x05\x16\x07 AppleDouble resource fork")
+    write_image(tmp_path / "imgs" / "__MACOSX" / "cat" / "1.jpg", seed=5)
+    write_image(tmp_path / "imgs" / ".thumbnails" / "2.jpg", seed=6)
+    ds = build_dataset(str(tmp_path / "imgs"))
+    assert [p.name for p in ds.files] == ["0.jpg", "1.jpg"] and ds.classes == ["cat"]
+
+
+def test_class_folders_that_differ_between_splits_are_an_error(tmp_path):
+    from autossl.evaluate.splits import eval_splits
+    from autossl.train import compose
+    from autossl.train.run import build_loaders
+
+    for split, classes in (("train", ("cat", "dog", "emu")), ("test", ("cat", "emu"))):
+        for c in classes:
+            for i in range(2):
+                write_image(tmp_path / split / c / f"{i}.png", size=(8, 8), seed=i)
+    with pytest.raises(ValueError) as err:
+        eval_splits(str(tmp_path / "train"), str(tmp_path / "test"))
+    assert _one_line(err) == ("the training and test folders have different class sub-folders (only in training: dog), "
+                              "so their labels would not match; give both the same class folders")
+    cfg = compose(["data.dataset=folder", f"data.path={tmp_path / 'train'}", f"data.val_path={tmp_path / 'test'}",
+                   "data.batch_size=2", "data.num_workers=0"])
+    with pytest.raises(ValueError, match="training and validation folders have different class sub-folders"):
+        build_loaders(cfg)
+
+
+def test_a_batch_left_with_one_readable_image_is_skipped_not_a_crash(tmp_path, capsys):
+    root = _folder_with_corrupt_files(tmp_path / "imgs", good=5)  # sorted: 1 corrupt file, then 5 good ones
+    loader = make_dataloader(root, batch_size=2, image_size=16, num_workers=0, shuffle=False)
+    assert [len(b["label"]) for b in loader] == [1, 2, 2]  # the first batch has one readable image
+    model = SimCLR(max_bad_fraction=0.5, **TINY)
+    trainer = quiet_trainer(tmp_path, max_epochs=1)
+    trainer.fit(model, loader)  # BatchNorm in training mode raises on a single sample: the step is skipped
+    assert trainer.global_step == 3  # Lightning counts a skipped step (no gradient: the optimiser moves nothing)
+    assert "skipped 2 unreadable image(s) of 6" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("key, value", [("checkpoint_path", "/etc/passwd"), ("pretrained", True),
+                                        ("pretrained_cfg_overlay", {"file": "/tmp/other.pth"})])
+def test_a_files_metadata_cannot_make_loading_fetch_other_weights(tmp_path, key, value):
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from autossl.backbones import create_backbone, load, save
+
+    path = save(create_backbone("resnet18", image_size=16), tmp_path / "b.safetensors")
+    spec = {"name": "resnet18", "image_size": 16, "in_chans": 3, key: value}
+    save_file(load_file(str(path)), str(path), metadata={"autossl.backbone": json.dumps(spec)})
+    with pytest.raises(ValueError) as err:
+        load(path)
+    assert _one_line(err).startswith(f"refusing {path}: its backbone spec sets '{key}'")
+
+
+def test_a_checkpoints_hyperparameters_cannot_reach_timm(tmp_path):
+    from autossl.methods.checkpoint import method_from_checkpoint
+
+    model = SimCLR(**TINY)
+    trainer = quiet_trainer(tmp_path, max_steps=0)
+    trainer.strategy.connect(model)
+    trainer.save_checkpoint(tmp_path / "ok.ckpt")
+    assert method_from_checkpoint(tmp_path / "ok.ckpt").cfg["proj_output_dim"] == 16
+    ckpt = torch.load(tmp_path / "ok.ckpt", weights_only=True)
+    for bad in ({"backbone_kwargs": {"checkpoint_path": "/tmp/x.pth"}},
+                {"backbone_kwargs": {"pretrained_cfg_overlay": {"file": "/tmp/x.pth"}}}):
+        ckpt["hyper_parameters"] = {**ckpt["hyper_parameters"], **bad}
+        torch.save(ckpt, tmp_path / "bad.ckpt")
+        with pytest.raises(ValueError) as err:
+            method_from_checkpoint(tmp_path / "bad.ckpt")
+        assert _one_line(err).startswith(f"refusing {tmp_path / 'bad.ckpt'}")

@@ -22,7 +22,8 @@ TINY_NNCLR = dict(TINY, queue_size=64)
 
 
 def _loader(mnist_arrays):
-    return make_dataloader(mnist_arrays, num_views=2, batch_size=8, image_size=16, preset="mnist", num_workers=0, seed=0)
+    return make_dataloader(mnist_arrays, num_views=2, batch_size=8, image_size=16, preset="mnist", num_workers=0,
+                           seed=0)
 
 
 # ---- MoCo v3 -----------------------------------------------------------------------------------------------
@@ -82,7 +83,8 @@ def test_mocov3_trains_and_is_built_by_compose(mnist_arrays, tmp_path):
     trainer.fit(model, _loader(mnist_arrays))
     assert trainer.global_step == 2 and torch.isfinite(trainer.callback_metrics["train_loss"])
     assert any(not torch.equal(a, b) for a, b in zip(before, model.target_projector.parameters()))  # EMA moved
-    model = build_model(compose(["method=mocov3", "model.params.proj_hidden_dim=32", "model.params.pred_hidden_dim=32"]))
+    model = build_model(compose(["method=mocov3", "model.params.proj_hidden_dim=32",
+                                 "model.params.pred_hidden_dim=32"]))
     assert isinstance(model, MoCoV3) and model.cfg["temperature"] == 0.2
     exp = compose(["experiment=cifar10_mocov3"])
     assert (exp.method, exp.optimizer.lr, exp.model.params.temperature, exp.model.params.momentum_base) == \

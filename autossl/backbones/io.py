@@ -9,7 +9,7 @@ from safetensors.torch import save as save_bytes
 from safetensors import safe_open
 
 from ..core.io import atomic_open
-from .registry import Backbone, create_backbone
+from .registry import Backbone, checked_spec, create_backbone
 
 SPEC_KEY = "autossl.backbone"
 
@@ -33,7 +33,7 @@ def read_spec(path: str | Path) -> dict:
 
 def load(path: str | Path, map_location: str = "cpu") -> Backbone:
     """Rebuild the backbone named in the file's metadata and load its weights."""
-    spec = read_spec(path)
+    spec = checked_spec(read_spec(path), str(path))
     backbone = create_backbone(**spec)
     backbone.model.load_state_dict(load_file(str(path), device=map_location))
     return backbone

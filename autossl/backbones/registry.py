@@ -25,6 +25,27 @@ for _short, _timm_name, _aliases in (
     BACKBONES.register(_short, (_timm_name, {}), aliases=_aliases, info=f"timm {_timm_name}")
 SMALL_IMAGE = 64  # at or below this size ResNets get the CIFAR stem and ViTs a smaller patch
 
+# What a file (safetensors metadata, a checkpoint's hyper-parameters) may ask `create_backbone` for: the
+# architecture, never where weights come from (`pretrained`, `checkpoint_path`, `pretrained_cfg_overlay`
+# would make loading a file read or download another one) nor code to resolve (`act_layer`, `norm_layer`).
+SPEC_KEYS = {"name", "image_size", "in_chans", "cifar_stem", "patch_size"}
+ARCHITECTURE_KWARGS = {"depth", "depths", "dims", "embed_dim", "num_heads", "mlp_ratio", "window_size", "drop_rate",
+                       "drop_path_rate", "qkv_bias", "class_token", "global_pool", "reg_tokens", "no_embed_class",
+                       "zero_init_last", "use_grn", "ls_init_value", "stem_type", "output_stride", "img_size"}
+
+
+def checked_spec(spec: dict, source: str) -> dict:
+    """`spec` if every key is an architecture setting with a plain value; one-line refusal otherwise."""
+    def plain(v: Any) -> bool:
+        return v is None or isinstance(v, (bool, int, float, str)) or (
+            isinstance(v, (list, tuple)) and all(isinstance(x, (bool, int, float)) for x in v))
+
+    for key, value in spec.items():
+        if key not in SPEC_KEYS | ARCHITECTURE_KWARGS or not plain(value):
+            raise ValueError(f"refusing {source}: its backbone spec sets '{key}', which is not an architecture "
+                             f"setting autossl accepts from a file")
+    return spec
+
 
 class Backbone(nn.Module):
     """A feature extractor: images [B, C, H, W] -> features [B, num_features]. No classifier.

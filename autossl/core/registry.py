@@ -17,6 +17,14 @@ def did_you_mean(name: str, choices: Iterable[str], cutoff: float = 0.6) -> str:
     return f"; did you mean '{close[0]}'?" if close else ""
 
 
+def _first_sentence(doc: str, width: int = 110) -> str:
+    """The docstring's first sentence on one line, shortened to `width` characters."""
+    para = " ".join(doc.strip().split("\n\n")[0].split())
+    if ". " in para:
+        para = para[: para.index(". ") + 1]
+    return para if len(para) <= width else para[: width - 3].rstrip() + "..."
+
+
 class Registry:
     """Name -> object, with aliases (case-insensitive) and one-line errors."""
 
@@ -36,7 +44,7 @@ class Registry:
             module = sys.modules.get(getattr(o, "__module__", ""))  # a class without docstring: its module's
             doc = getattr(o, "__doc__", None) if isinstance(o, type) else None
             doc = doc or getattr(module, "__doc__", None) if isinstance(o, type) else doc
-            self._info[key] = info or (doc or "").strip().split("\n")[0]
+            self._info[key] = info or _first_sentence(doc or "")
             for a in aliases:
                 self._aliases[a.lower()] = key
             return o

@@ -201,6 +201,24 @@ def default_image_size(ds: Dataset) -> int | None:
     return None if native is None else max(16, min(native, 224))
 
 
+def check_same_classes(first: Dataset, second: Dataset, first_name: str, second_name: str) -> None:
+    """Two labelled folders number their classes by sorted folder name: different class folders would
+    silently shift the labels of one split against the other. One line naming the difference."""
+    def classes(ds: Dataset) -> list[str] | None:
+        while isinstance(ds, Subset) or hasattr(ds, "base"):
+            ds = ds.dataset if isinstance(ds, Subset) else ds.base
+        return list(ds.classes) if isinstance(ds, ImageFolderDataset) and ds.labelled else None
+
+    a, b = classes(first), classes(second)
+    if a is None or b is None or a == b:
+        return
+    only_a, only_b = sorted(set(a) - set(b)), sorted(set(b) - set(a))
+    detail = "; ".join(part for part in (f"only in {first_name}: {', '.join(only_a)}" if only_a else "",
+                                         f"only in {second_name}: {', '.join(only_b)}" if only_b else "") if part)
+    raise ValueError(f"the {first_name} and {second_name} folders have different class sub-folders ({detail}), so "
+                     f"their labels would not match; give both the same class folders")
+
+
 def num_classes_of(ds: Dataset) -> int:
     classes = getattr(ds, "classes", None)
     if classes:

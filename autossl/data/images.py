@@ -8,7 +8,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
-READ_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError)
+# DecompressionBombError (a file claiming more than 2x PIL's pixel limit) is skipped like any unreadable file
+READ_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
 def to_rgb_uint8(img: Image.Image) -> torch.Tensor:
@@ -35,6 +36,8 @@ def read_image(path: str | Path) -> torch.Tensor:
 
 
 def list_images(root: str | Path) -> list[Path]:
-    """Every image file below `root`, flat or nested, sorted for reproducibility."""
+    """Every image file below `root`, flat or nested, sorted for reproducibility. Hidden files and folders
+    are not images: macOS's `._name.jpg` resource forks, `.DS_Store`, `__MACOSX/` of an unzipped archive."""
     root = Path(root)
-    return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+                  and not any(part.startswith(".") or part == "__MACOSX" for part in p.relative_to(root).parts))

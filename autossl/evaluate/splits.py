@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..data import PRESETS, TransformedDataset, build_dataset, collate_views, eval_transform, preset_for
+from ..data.datasets import check_same_classes
 from ..data.views import Augment, view_transform
 
 OFFICIAL_TEST = ("cifar10", "cifar100", "stl10")  # names whose test split we load instead of cutting one
@@ -107,6 +108,7 @@ def eval_splits(dataset: Any, test_dataset: Any = None, *, test_size: float = 0.
     else:
         full = labelled_only(build_source(dataset), "evaluation")
         train, test, split = stratified_split(full, test_size, seed)
+    check_same_classes(train, test, "training", "test")
     train, test = labelled_only(train, "training"), labelled_only(test, "test")
     ys = np.concatenate([dataset_labels(train), dataset_labels(test)])
     num_classes = max(int(ys.max()) + 1, len(getattr(_root(train), "classes", None) or []))

@@ -2,5 +2,6 @@
 norm/activation), DINO's weight-normalised head, and the masked-image-modelling decoders."""
 from .dino import DINOHead
 from .mlp import PROJECTOR_KINDS, mlp, prediction_head, projection_head
+from .support_set import SupportSet
 
-__all__ = ["mlp", "projection_head", "prediction_head", "PROJECTOR_KINDS", "DINOHead"]
+__all__ = ["mlp", "projection_head", "prediction_head", "PROJECTOR_KINDS", "DINOHead", "SupportSet"]

@@ -30,7 +30,8 @@ class SupportSet(nn.Module):
     @torch.no_grad()
     def nearest_index(self, z: torch.Tensor) -> torch.Tensor:
         """[B] index in `items` of each row's nearest neighbour by cosine similarity."""
-        sim = F.normalize(z.detach().float(), dim=1) @ self.items.float().T
+        with torch.autocast(z.device.type, enabled=False):  # exact neighbours: no bf16/fp16 matmul
+            sim = F.normalize(z.detach().float(), dim=1) @ self.items.float().T
         return sim.argmax(dim=1)
 
     @torch.no_grad()

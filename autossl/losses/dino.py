@@ -42,9 +42,10 @@ def dino_loss(student_out: Sequence[torch.Tensor], teacher_out: Sequence[torch.T
     s = torch.stack([x.float() for x in student_out])  # [V_s, B, K]
     if t.shape[1:] != s.shape[1:]:
         raise ValueError(f"teacher outputs {tuple(t.shape[1:])} and student outputs {tuple(s.shape[1:])} differ")
-    q = F.softmax((t - center.detach().float()) / teacher_temp, dim=-1)
-    log_p = F.log_softmax(s / student_temp, dim=-1)
-    ce = -torch.einsum("tbk,sbk->ts", q, log_p) / t.shape[1]  # [V_t, V_s]: batch-mean cross-entropy per pair
+    with torch.autocast(s.device.type, enabled=False):  # autocast would run the einsum in bf16/fp16
+        q = F.softmax((t - center.detach().float()) / teacher_temp, dim=-1)
+        log_p = F.log_softmax(s / student_temp, dim=-1)
+        ce = -torch.einsum("tbk,sbk->ts", q, log_p) / t.shape[1]  # [V_t, V_s]: batch-mean cross-entropy per pair
     same_crop = torch.eye(t.shape[0], s.shape[0], dtype=torch.bool, device=ce.device)
     terms = ce[~same_crop]
     if terms.numel() == 0:

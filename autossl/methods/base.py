@@ -173,8 +173,11 @@ class SSLMethod(pl.LightningModule):
         b = unpack_batch(batch)
         self._skipped += b.skipped
         self._seen += b.skipped + (len(b.labels) if b.labels is not None else b.size)
-        if not b.views:
-            return None  # every file of this batch was unreadable
+        if b.size < 2:
+            # every file of the batch was unreadable, or one was left: batch statistics (BatchNorm, the
+            # losses' variances) need two samples, so the step is skipped and the image counted as skipped
+            self._skipped += b.size
+            return None
         if len(b.views) < self.min_views:
             raise ValueError(f"{type(self).__name__} needs at least {self.min_views} views per image, the batch has "
                              f"{len(b.views)}; build the loader with num_views>={self.min_views}")

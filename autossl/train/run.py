@@ -13,7 +13,7 @@ from torch.utils.data import Subset
 
 from ..core.io import atomic_write_text
 from ..data import Augment, make_dataloader, make_eval_loader
-from ..data.datasets import build_dataset, default_image_size
+from ..data.datasets import build_dataset, check_same_classes, default_image_size
 from ..data.views import preset_for
 from ..methods import get_method
 from .callbacks import GracefulStop
@@ -46,6 +46,7 @@ def build_loaders(cfg: DictConfig):
     val_data = None
     if d.val_path:
         val_data = build_dataset(d.val_path, labelled=True)
+        check_same_classes(full, val_data, "training", "validation")
     elif float(d.val_split) > 0 and any(t >= 0 for t in getattr(full, "targets", [])[:1000]):
         g = torch.Generator().manual_seed(int(cfg.seed))
         order = torch.randperm(len(full), generator=g).tolist()
