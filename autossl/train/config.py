@@ -8,16 +8,16 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from ..backbones import resolve_name
 from ..core.registry import EXPERIMENTS, did_you_mean
 from ..data.datasets import DATASETS
 from ..methods import SSLMethod, get_method
-from ..optim import OPTIMIZERS
+from .schema import check_method_params, check_values
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 USER_EXPERIMENTS = "experiments"  # ./experiments/NAME.yaml, as the earlier autoSSL laid them out
-PRECISIONS = ("32", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "64")
 FREE_FORM = ("model.params",)  # method hyper-parameters: checked against the method instead
 
 
@@ -112,6 +112,12 @@ def validate(cfg: DictConfig, known: set[str] | None = None) -> DictConfig:
     known = known or _known_keys()
     for key in _flatten(OmegaConf.to_container(cfg, resolve=False)):
         _check_key(key, known, "in the experiment")
+    try:
+        problem = check_values(cfg)
+    except OmegaConfBaseException as err:  # e.g. an interpolation ${...} that does not resolve
+        raise ConfigError(str(err).splitlines()[0]) from None
+    if problem:
+        raise ConfigError(problem)
     method = _value(lambda: get_method(str(cfg.method)))
     _value(lambda: resolve_name(str(cfg.model.backbone)))
     if cfg.data.dataset not in DATASETS:
@@ -119,23 +125,15 @@ def validate(cfg: DictConfig, known: set[str] | None = None) -> DictConfig:
                           f"{did_you_mean(str(cfg.data.dataset), DATASETS)}")
     if cfg.data.dataset == "folder" and not cfg.data.path:
         raise ConfigError("data.dataset=folder needs data.path=/path/to/images")
-    lr = cfg.optimizer.lr
-    if lr is not None and not (isinstance(lr, (int, float)) and lr > 0):
-        raise ConfigError(f"optimizer.lr must be a positive number, got {lr}")
-    if cfg.optimizer.name is not None and str(cfg.optimizer.name).lower() not in OPTIMIZERS:
-        raise ConfigError(f"optimizer.name='{cfg.optimizer.name}' is not one of {', '.join(OPTIMIZERS)}")
     if int(cfg.data.num_views) < method.min_views:
         raise ConfigError(f"data.num_views={cfg.data.num_views} is too few for {cfg.method}: it needs at least {method.min_views}")
-    if int(cfg.data.batch_size) < 1:
-        raise ConfigError(f"data.batch_size must be at least 1, got {cfg.data.batch_size}")
-    if str(cfg.trainer.precision) not in PRECISIONS:
-        raise ConfigError(f"trainer.precision='{cfg.trainer.precision}' is not one of {', '.join(PRECISIONS)}")
-    if not 0 <= float(cfg.data.val_split) < 1:
-        raise ConfigError(f"data.val_split must be in [0, 1), got {cfg.data.val_split}")
     allowed = set(method.defaults) | _init_args()
     for k in (cfg.model.params or {}):
         if k not in allowed:
             raise ConfigError(f"unknown parameter model.params.{k} for {cfg.method}{did_you_mean(str(k), allowed)}")
+    problem = check_method_params(method, cfg.model.params, SSLMethod)
+    if problem:
+        raise ConfigError(problem)
     return cfg
 
 
