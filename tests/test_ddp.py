@@ -159,3 +159,28 @@ def test_autossl_pretrain_runs_on_two_cpu_processes(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert "finished: ddp after 2 steps" in out.stdout
     assert torch.load(tmp_path / "checkpoints" / "ddp" / "last.ckpt", weights_only=True)["global_step"] == 2
+
+
+def test_unreadable_files_on_the_ranks_neither_hang_nor_unbalance_them(tmp_path):
+    """Unreadable files land on the ranks unevenly: each rank drops its own, and the batches are padded back to
+    equal sizes (repeating readable images) for the gathering loss instead of mismatching or hanging."""
+    import subprocess
+    import sys
+
+    from conftest import write_image
+
+    for i in range(24):
+        if i % 6 == 1:
+            (tmp_path / "imgs" / f"{i:02d}_bad.png").parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / "imgs" / f"{i:02d}_bad.png").write_bytes(b"not a png")
+        else:
+            write_image(tmp_path / "imgs" / f"{i:02d}.png", size=(16, 16), seed=i)
+    args = ["method=simclr", "data.dataset=folder", f"data.path={tmp_path / 'imgs'}", "data.image_size=16",
+            "data.batch_size=4", "data.num_workers=0", "data.val_split=0", "data.max_bad_fraction=0.5",
+            "trainer.max_epochs=2", "trainer.progress_bar=false", "trainer.accelerator=cpu", "trainer.devices=2",
+            "trainer.strategy=ddp", "model.params.proj_hidden_dim=16", "model.params.proj_output_dim=8",
+            "logging.tensorboard=false", "name=bad"]
+    out = subprocess.run([sys.executable, "-m", "autossl", "pretrain", *args], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=300)  # a hang would end here
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "finished: bad after" in out.stdout and "unreadable image(s)" in out.stdout + out.stderr

@@ -25,6 +25,15 @@ class Batch:
     def size(self) -> int:
         return len(self.views[0]) if self.views else 0
 
+    def padded_to(self, n: int) -> "Batch":
+        """The batch with its images repeated cyclically up to `n` (their views and labels alike): under DDP
+        every rank must hand the gathering losses the same batch size, even after dropping unreadable files."""
+        if self.size >= n or not self.size:
+            return self
+        idx = torch.arange(n, device=self.views[0].device) % self.size
+        labels = self.labels[idx] if self.labels is not None else None
+        return Batch([v[idx] for v in self.views], labels, self.skipped)
+
     @property
     def num_global(self) -> int:
         """Leading views at the first view's resolution (multi-crop puts smaller local crops after them)."""

@@ -173,11 +173,19 @@ class SSLMethod(pl.LightningModule):
         b = unpack_batch(batch)
         self._skipped += b.skipped
         self._seen += b.skipped + (len(b.labels) if b.labels is not None else b.size)
-        if b.size < 2:
-            # every file of the batch was unreadable, or one was left: batch statistics (BatchNorm, the
-            # losses' variances) need two samples, so the step is skipped and the image counted as skipped
+        sizes = self._sizes_on_every_rank(b.size)
+        if len(sizes) > 1 and min(sizes) == 0:
+            # Lightning cannot skip a step under DDP, and a rank with nothing to show cannot join the others'
+            raise RuntimeError(f"every file of a batch on one of the {len(sizes)} processes was unreadable (batch "
+                               f"sizes {sizes}); remove the unreadable files (they are counted in the log)")
+        if max(sizes) < 2:
+            # every file of the batch was unreadable, or one was left: batch statistics (BatchNorm, the losses'
+            # variances) need two samples, so the step is skipped and this image counted as skipped
             self._skipped += b.size
             return None
+        # equal sizes on every rank for the losses that gather (a rank that dropped unreadable files repeats
+        # its readable images); a lone image is repeated too, so BatchNorm sees two samples under DDP
+        b = b.padded_to(max(sizes))
         if len(b.views) < self.min_views:
             raise ValueError(f"{type(self).__name__} needs at least {self.min_views} views per image, the batch has "
                              f"{len(b.views)}; build the loader with num_views>={self.min_views}")
@@ -185,7 +193,7 @@ class SSLMethod(pl.LightningModule):
         out = self.step(b)
         loss = out["loss"]
         self._check_finite(loss)
-        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=b.size)
+        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=b.size, sync_dist=True)
         for key, value in out.get("log", {}).items():
             self.log(key, value, on_step=True, on_epoch=False, batch_size=b.size)
         feats = out.get("feats")
@@ -195,7 +203,7 @@ class SSLMethod(pl.LightningModule):
                 probe = self.probe(feats, b.labels)
                 if probe is not None:
                     self.log_dict({"probe_loss": probe[0], "probe_acc": probe[1]}, on_step=False, on_epoch=True,
-                                  batch_size=len(b.labels))
+                                  batch_size=len(b.labels), sync_dist=True)
                     loss = loss + probe[0]
         return loss
 
@@ -230,7 +238,13 @@ class SSLMethod(pl.LightningModule):
         n = self.probe.classifier.out_features if self.probe is not None else self.knn.num_classes()
         acc = self.knn.compute(n) if n else None
         if acc is not None:
-            self.log("knn_acc", acc, prog_bar=True)
+            self.log("knn_acc", acc, prog_bar=True, sync_dist=True)  # each rank's queries: averaged over ranks
+
+    def _sizes_on_every_rank(self, size: int) -> list[int]:
+        """The batch size of every process (one all-gather of a scalar under DDP; `[size]` otherwise)."""
+        if not self._trainer or self.trainer.world_size == 1:
+            return [size]
+        return [int(n) for n in self.all_gather(torch.tensor(size, device=self.device)).flatten()]
 
     def _check_image_size(self, images: torch.Tensor) -> None:
         """Before any forward: a batch the model was not built for fails in one line. A CNN adapts soundly to

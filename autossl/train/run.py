@@ -112,7 +112,8 @@ def build_trainer(cfg: DictConfig, ckpt_dir: Path, callbacks: list | None = None
     if t.view_budget:  # equal compute across num_views: fewer steps when each image gives more views
         max_steps = max(1, -(-int(t.view_budget) // (int(cfg.data.batch_size) * int(cfg.data.num_views))))
     return pl.Trainer(max_epochs=-1 if t.view_budget else int(t.max_epochs), max_steps=max_steps, precision=precision,
-                      accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, logger=loggers or False,
+                      accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, num_nodes=int(t.num_nodes),
+                      sync_batchnorm=bool(t.sync_batchnorm), logger=loggers or False,
                       callbacks=cbs, plugins=[AtomicCheckpointIO()], log_every_n_steps=int(t.log_every_n_steps),
                       check_val_every_n_epoch=int(t.check_val_every_n_epoch), enable_progress_bar=bool(t.progress_bar),
                       default_root_dir=str(log_dir), num_sanity_val_steps=0)

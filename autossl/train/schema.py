@@ -92,7 +92,8 @@ SCHEMA: dict[str, Rule] = {
     "trainer.devices": Rule("a positive integer, a list of device ids, -1 or 'auto'",
                             lambda v: (_int(v) and (v >= 1 or v == -1)) or v == "auto" or
                             (isinstance(v, list) and bool(v) and all(_int(x) and x >= 0 for x in v))),
-    "trainer.strategy": text(), "trainer.channels_last": boolean(), "trainer.compile": boolean(),
+    "trainer.strategy": text(), "trainer.num_nodes": integer(1), "trainer.sync_batchnorm": boolean(),
+    "trainer.channels_last": boolean(), "trainer.compile": boolean(),
     "trainer.log_every_n_steps": integer(1), "trainer.check_val_every_n_epoch": integer(1),
     "trainer.progress_bar": boolean(),
     "checkpoint.dir": text(), "checkpoint.every_n_epochs": integer(1, nullable=True),
