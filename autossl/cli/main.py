@@ -3,14 +3,10 @@ from __future__ import annotations
 
 import sys
 
-from omegaconf import OmegaConf
-
 from ..core.registry import REGISTRIES, did_you_mean
-from ..experiments.demo import main as demo_main
-from ..experiments.study import main as study_main
-from ..train import compose, export_backbone, export_decoder, pretrain
-from ..train.sweep import run_sweep
-from .evaluate import main_compare, main_eval
+
+# Each command imports what it runs when it runs (below): `autossl --help`, a typo and `autossl list` answer
+# without loading Lightning, Hydra and the evaluation stack. Not a cycle workaround: these imports point down.
 
 USAGE = """usage: autossl COMMAND [ARGS]
 
@@ -59,6 +55,10 @@ def _pretrain(args: list[str]) -> int:
         print(USAGE)
         return 0
     show = "--cfg" in args
+    from omegaconf import OmegaConf
+
+    from ..train import compose, pretrain
+
     cfg = compose([a for a in args if a != "--cfg"])
     if show:
         print(OmegaConf.to_yaml(cfg, resolve=True))
@@ -71,6 +71,8 @@ def _pretrain(args: list[str]) -> int:
 
 
 def _sweep(args: list[str]) -> int:
+    from ..train.sweep import run_sweep
+
     run_sweep(args)
     return 0
 
@@ -83,6 +85,8 @@ def _export(args: list[str]) -> int:
     p.add_argument("--out", default="backbone.safetensors")
     p.add_argument("--decoder", help="also write the decoder of a masked-image-modelling run to this file")
     a = p.parse_args(args)
+    from ..train import export_backbone, export_decoder
+
     if a.decoder:
         print(f"wrote {export_decoder(a.checkpoint, a.decoder)}")
     print(f"wrote {export_backbone(a.checkpoint, a.out)}")
@@ -91,6 +95,9 @@ def _export(args: list[str]) -> int:
 
 def _list(args: list[str]) -> int:
     """Every registry: what each name is, one line per entry."""
+    import autossl.evaluate  # noqa: F401  (each module below registers its entries when imported)
+    import autossl.train  # noqa: F401
+
     for kind in args or list(REGISTRIES):
         registry = REGISTRIES.get(kind)
         if registry is None:
@@ -105,18 +112,26 @@ def _list(args: list[str]) -> int:
 
 
 def _eval(args: list[str]) -> int:
+    from .evaluate import main_eval
+
     return main_eval(args)
 
 
 def _compare(args: list[str]) -> int:
+    from .evaluate import main_compare
+
     return main_compare(args)
 
 
 def _study(args: list[str]) -> int:
+    from ..experiments.study import main as study_main
+
     return study_main(args)
 
 
 def _demo(args: list[str]) -> int:
+    from ..experiments.demo import main as demo_main
+
     return demo_main(args)
 
 
