@@ -3,17 +3,27 @@ from ..core.registry import METHODS
 from .barlowtwins import BarlowTwins
 from .base import SSLMethod
 from .byol import BYOL
+from .dcl import DCL
+from .dclw import DCLW
 from .dino import DINO
+from .empssl import EMPSSL
+from .fastsiam import FastSiam
 from .fcmae import FCMAE
 from .mae import MAE
+from .mmcr import MMCR
 from .moco import MoCo
 from .mocov3 import MoCoV3
+from .nnbyol import NNBYOL
 from .nnclr import NNCLR
+from .nnsiam import NNSiam
 from .simclr import SimCLR
 from .simmim import SimMIM
 from .simsiam import SiaSiam, SimSiam
+from .supcon import SupCon
 from .swav import SwAV
+from .tico import TiCo
 from .vicreg import VICReg
+from .wmse import WMSE
 
 
 def get_method(name: str) -> type[SSLMethod]:
@@ -22,4 +32,4 @@ def get_method(name: str) -> type[SSLMethod]:
 
 
 __all__ = ["SSLMethod", "SimCLR", "MoCo", "BYOL", "SimSiam", "SiaSiam", "BarlowTwins", "VICReg", "FCMAE", "MAE", "SimMIM", "DINO", "SwAV", "MoCoV3", "NNCLR",
-           "METHODS", "get_method"]
+           "DCL", "DCLW", "TiCo", "MMCR", "WMSE", "SupCon", "NNBYOL", "NNSiam", "FastSiam", "EMPSSL", "METHODS", "get_method"]
