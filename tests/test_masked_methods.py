@@ -30,7 +30,7 @@ SMALL = {
 def _make(key: str, **extra):
     cls, kw = SMALL[key]
     torch.manual_seed(0)
-    return cls(image_size=32, num_views=1, max_steps=4, warmup_steps=1, **kw, **extra)
+    return cls(image_size=32, num_views=1, **{"max_steps": 4, "warmup_steps": 1, **kw, **extra})
 
 
 def _loader(mnist_arrays, batch=8):
@@ -40,12 +40,12 @@ def _loader(mnist_arrays, batch=8):
 
 @pytest.mark.parametrize("key", list(SMALL))
 def test_one_view_methods_train_and_their_loss_falls(tmp_path, mnist_arrays, key):
-    model = _make(key, lr=2e-3, scale_lr=False)
+    model = _make(key, lr=2e-3, scale_lr=False, max_steps=10)
     eight = (mnist_arrays[0][:8], mnist_arrays[1][:8])  # one batch per epoch: the steps see these digits
     batch = unpack_batch(next(iter(_loader(eight))))
     torch.manual_seed(1)
     first = float(model.step(batch)["loss"])
-    quiet_trainer(tmp_path, max_steps=4).fit(model, _loader(eight))
+    quiet_trainer(tmp_path, max_steps=10).fit(model, _loader(eight))
     torch.manual_seed(1)
     after = float(model.step(batch)["loss"])  # the same masks on the same batch
     assert after < first, (first, after)

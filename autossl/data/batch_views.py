@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .batch import make_batch
+from .seeded import seeded
 from .views import ASYMMETRIC, Augment, Preset, preset_for
 
 _GRAY = (0.2989, 0.587, 0.114)  # torchvision's luma weights
@@ -223,4 +224,8 @@ class BatchViewCollate:
             images = [im if tuple(im.shape[-2:]) == common else
                       F.interpolate(im[None].float(), size=common, mode="bilinear", antialias=True,
                                     align_corners=False)[0].round().clamp(0, 255).to(torch.uint8) for im in images]
+        seeds = [s[2] for s in good if len(s) > 2]
+        if seeds:  # from a SeededSampler: the batch's views are drawn from its first sample's seed
+            with seeded(seeds[0]):
+                return make_batch(self.views(torch.stack(images)), labels, skipped)
         return make_batch(self.views(torch.stack(images)), labels, skipped)

@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from .batch import make_batch
 from .batch_views import BatchViewCollate, make_batch_views
 from .datasets import build_dataset, default_image_size, num_classes_of
+from .seeded import SeededSampler, seeded
 from .views import Augment, eval_transform, make_views, preset_for
 
 
@@ -23,8 +24,15 @@ class TransformedDataset(Dataset):
     def __len__(self) -> int:
         return len(self.base)
 
-    def __getitem__(self, i: int):
-        image, label = self.base[i]
+    def __getitem__(self, key: int | tuple[int, int]):
+        """`key` is an index, or `(index, seed)` from a SeededSampler: the views are then drawn from that seed
+        (and the seed is passed on, for augmentations made per batch in the collate function)."""
+        if isinstance(key, tuple):
+            i, seed = key
+            image, label = self.base[i]
+            with seeded(seed):
+                return (None if image is None else self.transform(image)), label, seed
+        image, label = self.base[key]
         return (None if image is None else self.transform(image)), label
 
     @property
@@ -107,31 +115,20 @@ def make_eval_loader(data: Any, *, batch_size: int = 256, image_size: int | None
 
 
 class SeededDataLoader(DataLoader):
-    """A DataLoader whose epoch e shuffles and augments from seed + e, whatever happened before.
+    """A DataLoader whose order and augmentations are a function of (seed, epoch, index) alone
+    (`SeededSampler`): epoch e is the same whatever happened before, and a run resumed after any batch
+    continues with exactly the batches an uninterrupted run draws (the method stores the position in its
+    checkpoint and calls `sampler.resume_at`)."""
 
-    Lightning saves and restores its `state_dict` with the checkpoint (it is a stateful loader), so a
-    run resumed at an epoch boundary draws exactly the batches an uninterrupted run would.
-    Workers are started per epoch (not persistent) so that their random streams are re-seeded too.
-    """
-
-    def __init__(self, *args, seed: int, generator: torch.Generator | None = None, **kwargs):
-        # `generator` is accepted because Lightning re-creates the loader with the arguments it was built
-        # with (to insert a DistributedSampler, or for overfit_batches) and passes the generator back.
-        super().__init__(*args, generator=generator if generator is not None else torch.Generator(), **kwargs)
-        self.seed, self.epoch = seed, 0
-
-    def __iter__(self):
-        seed = self.seed + self.epoch
-        self.epoch += 1
-        torch.manual_seed(seed)  # augmentations in the main process draw from the global generator
-        self.generator.manual_seed(seed)  # shuffling, and the base seed of every worker
-        return super().__iter__()
-
-    def state_dict(self) -> dict:
-        return {"seed": self.seed, "epoch": self.epoch}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.seed, self.epoch = int(state["seed"]), int(state["epoch"])
+    def __init__(self, dataset: Dataset, *args, seed: int, shuffle: bool = True, sampler=None, **kwargs):
+        # Lightning re-creates the loader with the arguments it was built with (to insert a DistributedSampler,
+        # which then wraps ours, or for overfit_batches): `sampler` comes back then, `generator` too (kwargs).
+        sampler = sampler if sampler is not None else SeededSampler(len(dataset), seed, shuffle)
+        # its own generator for the workers' base seed, so that starting an epoch never draws from the global
+        # one (the model's random state, which a resumed run restores from the checkpoint)
+        kwargs.setdefault("generator", torch.Generator().manual_seed(seed))
+        super().__init__(dataset, *args, sampler=sampler, **kwargs)
+        self.seed = seed
 
 
 def _loader(ds: Dataset, batch_size: int, shuffle: bool, drop_last: bool, num_workers: int | None,
@@ -140,5 +137,6 @@ def _loader(ds: Dataset, batch_size: int, shuffle: bool, drop_last: bool, num_wo
     common = dict(batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, num_workers=workers,
                   collate_fn=collate, pin_memory=torch.cuda.is_available())
     if seed is not None:
-        return SeededDataLoader(ds, seed=seed, **common)
+        common.pop("shuffle")
+        return SeededDataLoader(ds, seed=seed, shuffle=shuffle, **common)
     return DataLoader(ds, persistent_workers=workers > 0, **common)

@@ -5,23 +5,30 @@ from .base import SSLMethod
 from .byol import BYOL
 from .dcl import DCL
 from .dclw import DCLW
+from .deepclusterv2 import DeepClusterV2
 from .dino import DINO
+from .dinov2 import DINOv2
 from .empssl import EMPSSL
 from .fastsiam import FastSiam
 from .fcmae import FCMAE
+from .ibot import IBOT
 from .mae import MAE
 from .mmcr import MMCR
 from .moco import MoCo
 from .mocov3 import MoCoV3
+from .msn import MSN
 from .nnbyol import NNBYOL
 from .nnclr import NNCLR
 from .nnsiam import NNSiam
+from .pmsn import PMSN
+from .ressl import ReSSL
 from .simclr import SimCLR
 from .simmim import SimMIM
 from .simsiam import SiaSiam, SimSiam
 from .supcon import SupCon
 from .swav import SwAV
 from .tico import TiCo
+from .vibcreg import VIbCReg
 from .vicreg import VICReg
 from .wmse import WMSE
 
@@ -32,4 +39,5 @@ def get_method(name: str) -> type[SSLMethod]:
 
 
 __all__ = ["SSLMethod", "SimCLR", "MoCo", "BYOL", "SimSiam", "SiaSiam", "BarlowTwins", "VICReg", "FCMAE", "MAE", "SimMIM", "DINO", "SwAV", "MoCoV3", "NNCLR",
-           "DCL", "DCLW", "TiCo", "MMCR", "WMSE", "SupCon", "NNBYOL", "NNSiam", "FastSiam", "EMPSSL", "METHODS", "get_method"]
+           "DCL", "DCLW", "TiCo", "MMCR", "WMSE", "SupCon", "NNBYOL", "NNSiam", "FastSiam", "EMPSSL",
+           "IBOT", "DINOv2", "MSN", "PMSN", "DeepClusterV2", "ReSSL", "VIbCReg", "METHODS", "get_method"]

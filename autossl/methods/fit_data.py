@@ -1,18 +1,20 @@
-"""The training loader a Trainer was given, as a method sees it before Lightning sets it up.
+"""What a method needs from the training run beyond its weights: the loader given to `fit()`, the data
+position and the random state, so that a run resumed after any step continues bit for bit.
 
-Lightning exposes `trainer.train_dataloader` only once the fit loop has set up its data, which is
-after `setup()` (where the online probe is sized from the dataset's classes, so that DDP wraps it)
-and, on resume, after the checkpoint is restored (so setting it up earlier, e.g. through
-`trainer.estimated_stepping_batches`, would skip restoring the loader's state). Until Lightning has
-a public accessor for the loader passed to `fit()`, this module is the one place that reads its
-private `fit_loop._data_source`; a change there breaks the tests that construct the probe from the
-data and resume a seeded loader (tests/test_train.py), not users silently.
+Lightning exposes `trainer.train_dataloader` only once the fit loop has set up its data, which is after
+`setup()` (where the online probe is sized from the dataset's classes, so that DDP wraps it) and, on resume,
+after the checkpoint is restored. Until Lightning has a public accessor for the loader passed to `fit()`,
+`fit_loader` is the one place that reads its private `fit_loop._data_source`; a change there breaks the tests
+that size the probe from the data and resume mid-epoch (tests/test_core.py, tests/test_exact_resume.py).
 """
 from __future__ import annotations
 
+import random
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
+import torch
 
 
 def fit_loader(trainer: pl.Trainer | None) -> Any:
@@ -25,10 +27,28 @@ def fit_loader(trainer: pl.Trainer | None) -> Any:
         return None
 
 
-def restore_loader_state(trainer: pl.Trainer | None, checkpoint: dict) -> None:
-    """Lightning restores a stateful loader only when resuming mid-epoch; at an epoch boundary we
-    do it, so the seeded loader continues with the next epoch's shuffle and augmentations."""
-    states = checkpoint.get("loops", {}).get("fit_loop", {}).get("state_dict", {}).get("combined_loader")
-    loader = fit_loader(trainer)
-    if states and hasattr(loader, "load_state_dict"):
-        loader.load_state_dict(states[0])
+def seeded_sampler(trainer: pl.Trainer | None) -> Any:
+    """The loader's SeededSampler (autossl.data.seeded), or None for any other loader."""
+    sampler = getattr(fit_loader(trainer), "sampler", None)
+    return sampler if hasattr(sampler, "resume_at") else None
+
+
+def rng_state() -> dict:
+    """Every global generator's state in plain values and tensors (a checkpoint stays loadable weights-only)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, py_gauss = random.getstate()
+    state = {"torch": torch.get_rng_state(), "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss,
+                                                       gauss], "python": [version, list(internal), py_gauss]}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, internal, py_gauss = state["python"]
+    random.setstate((version, tuple(internal), py_gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

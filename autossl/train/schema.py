@@ -46,6 +46,8 @@ def number(lo: float | None = None, hi: float | None = None, lo_open: bool = Fal
         return _num(v) and (lo is None or (v > lo if lo_open else v >= lo)) and (hi is None or (v < hi if hi_open else v <= hi))
     if lo is None and hi is None:
         return Rule("a number", ok, nullable)
+    if hi is None and lo == 0:
+        return Rule("a positive number" if lo_open else "a number >= 0", ok, nullable)
     lo_s = f"{'(' if lo_open else '['}{lo}" if lo is not None else "(-inf"
     hi_s = f"{hi}{')' if hi_open else ']'}" if hi is not None else "inf)"
     return Rule(f"a number in {lo_s}, {hi_s}", ok, nullable)
@@ -126,6 +128,7 @@ def check_method_params(method: type, params: dict, base: type) -> str | None:
             if p.default is not inspect.Parameter.empty:
                 defaults[name] = p.default
     defaults.update(getattr(method, "defaults", {}))
+    params = OmegaConf.to_container(params, resolve=True) if isinstance(params, DictConfig) else params
     for key, value in (params or {}).items():
         default = None if key == "pretrained" else defaults.get(key)  # pretrained: a flag or a path
         if default is None or value is None:
