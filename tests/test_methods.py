@@ -10,7 +10,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from autossl.data import make_dataloader
 from autossl.methods import BYOL, MoCo, SimCLR, SimSiam, get_method
 from autossl.methods.momentum import ema_update
-from autossl.methods.queue import FeatureQueue
+from autossl.heads.queue import FeatureQueue
 from conftest import TINY, quiet_trainer
 
 # The earlier README's six calls, verbatim.

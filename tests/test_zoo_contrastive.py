@@ -101,7 +101,7 @@ def test_support_set_returns_exact_nearest_neighbours_and_is_fifo():
     s.push(torch.tensor([[1.0, 1.0], [1.0, -1.0]]))  # overwrites the two oldest entries
     assert int(s.ptr) == 2 and s.nearest_index(torch.tensor([[2.0, 2.1]])).item() == 0
     torch.testing.assert_close(s.items[2:], torch.tensor([[-1.0, 0.0], [0.0, -1.0]]))
-    assert set(s.state_dict()) == {"items", "ptr"}
+    assert set(s.state_dict()) == {"items", "ptr", "filled"}  # buffers: checkpointed with the model
 
 
 def test_nnclr_loss_value_and_gradient_equal_lightly():

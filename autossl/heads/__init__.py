@@ -3,6 +3,7 @@ norm/activation), DINO's weight-normalised head, and the masked-image-modelling 
 from .dino import DINOHead
 from .iternorm import IterNorm
 from .mlp import PROJECTOR_KINDS, mlp, prediction_head, projection_head
+from .queue import FeatureQueue
 from .support_set import SupportSet
 
-__all__ = ["mlp", "projection_head", "prediction_head", "PROJECTOR_KINDS", "DINOHead", "SupportSet", "IterNorm"]
+__all__ = ["mlp", "projection_head", "prediction_head", "PROJECTOR_KINDS", "DINOHead", "SupportSet", "IterNorm", "FeatureQueue"]

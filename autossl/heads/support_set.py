@@ -12,20 +12,19 @@ lightly's `NNMemoryBankModule`, which stores raw embeddings.
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
-from ..core.distributed import gather
+from .queue import FeatureQueue
 
 
-class SupportSet(nn.Module):
+class SupportSet(FeatureQueue):
+    """MoCo's FIFO queue of normalised, gathered embeddings (`push`; random unit vectors until the first
+    pushes, as the reference and lightly start), plus nearest-neighbour look-up."""
+
     def __init__(self, size: int, dim: int):
-        super().__init__()
         if size < 1:
             raise ValueError(f"a support set needs at least 1 entry, got size={size}")
-        # random unit vectors until the first pushes, as the reference and lightly start
-        self.register_buffer("items", F.normalize(torch.randn(size, dim), dim=1))
-        self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
+        super().__init__(size, dim)
 
     @torch.no_grad()
     def nearest_index(self, z: torch.Tensor) -> torch.Tensor:
@@ -38,16 +37,3 @@ class SupportSet(nn.Module):
     def nearest(self, z: torch.Tensor) -> torch.Tensor:
         """[B, D] nearest neighbours of `z` [B, D] in the set (no gradient: the paper's stop-grad on NN)."""
         return self.items[self.nearest_index(z)].to(z.dtype)
-
-    @torch.no_grad()
-    def push(self, z: torch.Tensor) -> None:
-        """Enqueue the (global) batch, overwriting the oldest entries."""
-        z = F.normalize(gather(z.detach()).float(), dim=1)
-        size = self.items.shape[0]
-        n = min(len(z), size)
-        idx = (self.ptr + torch.arange(n, device=z.device)) % size
-        self.items[idx] = z[-n:].to(self.items.dtype)
-        self.ptr.copy_((self.ptr + n) % size)
-
-
-__all__ = ["SupportSet"]

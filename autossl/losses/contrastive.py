@@ -16,7 +16,7 @@ def nt_xent_loss(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float = 0.5,
     This is the same as lightly's `NTXentLoss(memory_bank_size=(K, D))` whose bank holds `queue`:
     lightly also uses only the bank as negatives, only `z_a` as queries, and the bank as it was
     before this batch. The difference is who owns the queue: here the caller passes it and enqueues
-    the keys afterwards (autossl.methods.queue.FeatureQueue); lightly's loss enqueues `z_b` itself.
+    the keys afterwards (autossl.heads.queue.FeatureQueue); lightly's loss enqueues `z_b` itself.
     `queue` rows need not be normalised. Nothing is gathered on the queue path: the queue is
     already global (FeatureQueue.push gathers the keys).
     """

@@ -1,9 +1,9 @@
 """MoCo v2 (He et al., 2020; Chen et al., 2020): a momentum key encoder and, with
 `memory_bank=True`, a queue of negatives. Without the queue, in-batch keys are the negatives."""
 from ..core.registry import METHODS
+from ..heads import FeatureQueue
 from ..losses import infonce_loss, mean_over_cross_views, nt_xent_loss
 from .base import SSLMethod
-from .queue import FeatureQueue
 
 
 @METHODS.register("moco", aliases=("mocov2",))

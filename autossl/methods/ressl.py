@@ -19,10 +19,9 @@ import torch
 import torch.nn.functional as F
 
 from ..core.registry import METHODS
-from ..heads import mlp
+from ..heads import FeatureQueue, mlp
 from ..losses.ressl import ressl_loss
 from .base import SSLMethod
-from .queue import FeatureQueue
 
 
 @METHODS.register("ressl")

@@ -1,8 +1,8 @@
 """SimCLR (Chen et al., 2020): NT-Xent between views; `memory_bank=True` takes the negatives from a queue."""
 from ..core.registry import METHODS
+from ..heads import FeatureQueue
 from ..losses import mean_over_view_pairs, nt_xent_loss
 from .base import SSLMethod
-from .queue import FeatureQueue
 
 
 @METHODS.register("simclr")
