@@ -17,20 +17,13 @@ FastSiam example reuses SimSiam's heads.
 import torch
 
 from ..core.registry import METHODS
-from ..heads import prediction_head
 from ..losses import negative_cosine_loss
-from .base import SSLMethod
+from .simsiam import SimSiam
 
 
 @METHODS.register("fastsiam")
-class FastSiam(SSLMethod):
+class FastSiam(SimSiam):  # SimSiam's heads and defaults; only the targets differ
     name = "fastsiam"
-    defaults = dict(optimizer="sgd", lr=0.5, weight_decay=1e-5, proj_hidden_dim=2048, proj_output_dim=2048,
-                    proj_layers=2, pred_hidden_dim=512)
-
-    def build_heads(self):
-        out = self.build_projector(last_bn=True)
-        self.predictor = prediction_head(out, self.cfg["pred_hidden_dim"])
 
     def ssl_loss(self, feats, views):
         zs = [self.projector(f) for f in feats]
