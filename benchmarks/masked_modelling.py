@@ -54,6 +54,8 @@ MODELS = {
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="both", choices=["fcmae", "mae", "both"])
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the masked encoder for pretraining (FCMAE: 1.4x per step on a 2-core CPU, ~1 min to compile)")
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--pretrain-minutes", type=float, nargs="+",
                         help="pretraining wall-clock budget per model (default 1); two values: fcmae's, mae's")
@@ -127,7 +129,8 @@ def build_method(args, name: str, max_steps: int) -> pl.LightningModule:
     pl.seed_everything(args.seed, verbose=False)
     return m["cls"](backbone=m["backbone"], image_size=32, num_views=1, lr=args.pretrain_lr,
                     weight_decay=args.pretrain_weight_decay, warmup_steps=max(1, round(args.warmup_fraction * max_steps)),
-                    max_steps=max_steps, channels_last=m["channels_last"], seed=args.seed, **kwargs)
+                    max_steps=max_steps, channels_last=m["channels_last"], compile=args.compile, seed=args.seed,
+                    **kwargs)
 
 
 def fit(method, loader, steps: int, callbacks) -> None:
@@ -243,11 +246,24 @@ def finetune_arm(args, backbone: torch.nn.Module, train_sub, test_ds, channels_l
             "test_images": len(labels), "load_avg": load_average(), "settings": info}
 
 
+def save_record(args, name: str, rec: dict) -> None:
+    """Merge `rec` into --out (a later run of one model replaces that model's record only); redraw the loss plot."""
+    if not args.out:
+        return
+    out = Path(args.out)
+    data = json.loads(out.read_text()) if out.exists() else {}
+    data[name] = rec
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(data, indent=1) + "\n")
+    if args.figure_dir:
+        loss_figure(data, Path(args.figure_dir) / "masked_modelling_loss.png")
+
+
 def run_model(args, name: str, train_ds, test_ds, train_sub) -> dict:
     print(f"# {name} ({MODELS[name]['backbone']}): {len(train_ds)} pretraining images, {len(train_sub)} labelled "
           f"fine-tuning images, {len(test_ds)} held-out test images; threads {torch.get_num_threads()}, "
           f"load {load_average()}", flush=True)
-    rec: dict = {"model": name, "backbone": MODELS[name]["backbone"]}
+    rec: dict = {"model": name, "backbone": MODELS[name]["backbone"], "command": args.command}
     if args.load_dir:
         method = build_method(args, name, 1)
         state = torch.load(Path(args.load_dir) / f"{name}.pt", map_location="cpu")
@@ -267,6 +283,7 @@ def run_model(args, name: str, train_ds, test_ds, train_sub) -> dict:
         rec["figure"] = reconstruction_figure(
             args, name, method, test_ds, f"{name} ({MODELS[name]['backbone']}), {pre['pretrain_steps']} steps "
             f"({pre['pretrain_epochs']:.1f} epochs), mask {method.cfg['mask_ratio']}, held-out images")
+        save_record(args, name, rec)  # saved as each part ends: a killed run keeps what it finished
     rec["backbone_spec"] = dict(method.backbone.spec)
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
     for arm in arms:
@@ -285,6 +302,7 @@ def run_model(args, name: str, train_ds, test_ds, train_sub) -> dict:
         res = finetune_arm(args, backbone, train_sub, test_ds, MODELS[name]["channels_last"])
         print(f"  {name} {arm}: top-1 {res['top1']:.4f} in {res['wall_s']:.0f} s ({res['steps']} steps)", flush=True)
         rec[f"finetune_{arm}"] = res
+        save_record(args, name, rec)
     if "pretrained" in arms and "random" in arms:
         rec["top1_gain"] = round(rec["finetune_pretrained"]["top1"] - rec["finetune_random"]["top1"], 4)
     rec["finetune_train_size"] = len(train_sub)
@@ -296,7 +314,7 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     warnings.filterwarnings("ignore")
     torch.set_num_threads(args.threads)
-    command = "python " + " ".join(shlex.quote(a) for a in ([sys.argv[0]] + (argv if argv is not None else sys.argv[1:])))
+    args.command = "python " + " ".join(shlex.quote(a) for a in ([sys.argv[0]] + (argv if argv is not None else sys.argv[1:])))
     start = time.perf_counter()
     train_ds, test_ds = benchmark_datasets(args)
     train_sub = bank_subset(train_ds, args.finetune_train_size, args.seed)
@@ -306,17 +324,9 @@ def main(argv=None) -> None:
         t0 = time.perf_counter()
         rec = run_model(args, name, train_ds, test_ds, train_sub)
         rec["total_wall_s"] = round(time.perf_counter() - t0, 1)
-        rec["command"] = command
         records[name] = rec
         emit({k: v for k, v in rec.items() if k != "loss_curve"}, None)
-        if args.out:  # merge: a later run of one model replaces that model's record only
-            out = Path(args.out)
-            data = json.loads(out.read_text()) if out.exists() else {}
-            data[name] = rec
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps(data, indent=1) + "\n")
-            if args.figure_dir:
-                loss_figure(data, Path(args.figure_dir) / "masked_modelling_loss.png")
+        save_record(args, name, rec)
     print(f"# done in {time.perf_counter() - start:.0f} s, load {load_average()}", flush=True)
     for name, rec in records.items():
         if "top1_gain" in rec:

@@ -175,3 +175,20 @@ def test_a_loader_without_length_needs_a_step_limit(tmp_path):
     with pytest.raises(ValueError, match="no length and no step limit is set; pass max_steps"):
         quiet_trainer(tmp_path, max_epochs=1, limit_train_batches=2).fit(SimCLR(**TINY), loader)
     quiet_trainer(tmp_path, max_steps=2).fit(SimCLR(**TINY), loader)  # with a limit it trains
+
+
+def test_the_backbone_is_held_once_and_compile_does_not_change_the_checkpoint(tmp_path):
+    plain, compiled = SimCLR(**TINY), SimCLR(**TINY, compile=True)  # compile is lazy: nothing is traced here
+    keys = list(plain.state_dict())
+    assert keys == list(compiled.state_dict()) and not [k for k in keys if not k.startswith(("backbone.", "projector."))]
+    assert compiled._encoder is not compiled.backbone and plain._encoder is plain.backbone
+    # a checkpoint written while `_encoder` was a registered module (every backbone weight twice) still loads
+    trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer.strategy.connect(plain)
+    trainer.save_checkpoint(tmp_path / "m.ckpt")
+    ckpt = torch.load(tmp_path / "m.ckpt", weights_only=True)
+    ckpt["state_dict"].update({"_encoder." + k[len("backbone."):]: v for k, v in ckpt["state_dict"].items()
+                               if k.startswith("backbone.")})
+    torch.save(ckpt, tmp_path / "old.ckpt")
+    again = method_from_checkpoint(tmp_path / "old.ckpt")
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), plain.state_dict().values()))

