@@ -4,6 +4,7 @@ from .dino import DINOHead
 from .iternorm import IterNorm
 from .mlp import PROJECTOR_KINDS, mlp, prediction_head, projection_head
 from .queue import FeatureQueue
+from .smog import SMoGGroups
 from .support_set import SupportSet
 
-__all__ = ["mlp", "projection_head", "prediction_head", "PROJECTOR_KINDS", "DINOHead", "SupportSet", "IterNorm", "FeatureQueue"]
+__all__ = ["mlp", "projection_head", "prediction_head", "PROJECTOR_KINDS", "DINOHead", "SupportSet", "IterNorm", "FeatureQueue", "SMoGGroups"]

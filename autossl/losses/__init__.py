@@ -16,6 +16,7 @@ from .reconstruction import (masked_l1_loss, masked_mse_loss, normalize_patches,
                              reconstruction_patches, unpatchify)
 from .redundancy import barlow_twins_loss, vicreg_loss
 from .ressl import ressl_loss
+from .smog import smog_loss
 from .supcon import supcon_loss
 from .swav import sinkhorn, swav_loss
 from .tico import tico_loss
@@ -27,4 +28,4 @@ __all__ = ["infonce_loss", "nt_xent_loss", "negative_cosine_loss", "barlow_twins
            "reconstruction_patches", "dino_loss", "update_center", "teacher_temperature", "sinkhorn", "swav_loss",
            "dcl_loss", "dclw_loss", "tico_loss", "mmcr_loss", "wmse_loss", "supcon_loss", "emp_ssl_loss",
            "ibot_patch_loss", "koleo_loss", "msn_loss", "pmsn_loss", "power_law_prior", "deepclusterv2_loss",
-           "ressl_loss", "vibcreg_loss", "normalized_covariance"]
+           "ressl_loss", "smog_loss", "vibcreg_loss", "normalized_covariance"]

@@ -25,6 +25,7 @@ from .ressl import ReSSL
 from .simclr import SimCLR
 from .simmim import SimMIM
 from .simsiam import SiaSiam, SimSiam
+from .smog import SMoG
 from .supcon import SupCon
 from .swav import SwAV
 from .tico import TiCo
@@ -38,6 +39,6 @@ def get_method(name: str) -> type[SSLMethod]:
     return METHODS.get(name)
 
 
-__all__ = ["SSLMethod", "SimCLR", "MoCo", "BYOL", "SimSiam", "SiaSiam", "BarlowTwins", "VICReg", "FCMAE", "MAE", "SimMIM", "DINO", "SwAV", "MoCoV3", "NNCLR",
+__all__ = ["SSLMethod", "SimCLR", "MoCo", "BYOL", "SimSiam", "SiaSiam", "BarlowTwins", "VICReg", "FCMAE", "MAE", "SimMIM", "DINO", "SwAV", "SMoG", "MoCoV3", "NNCLR",
            "DCL", "DCLW", "TiCo", "MMCR", "WMSE", "SupCon", "NNBYOL", "NNSiam", "FastSiam", "EMPSSL",
            "IBOT", "DINOv2", "MSN", "PMSN", "DeepClusterV2", "ReSSL", "VIbCReg", "METHODS", "get_method"]
