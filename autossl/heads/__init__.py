@@ -3,8 +3,10 @@ norm/activation), DINO's weight-normalised head, and the masked-image-modelling 
 from .dino import DINOHead
 from .iternorm import IterNorm
 from .mlp import PROJECTOR_KINDS, mlp, prediction_head, projection_head
+from .neighbour_sequence import KNearestSupportSet, NeighbourTransformer, slot_encoding
 from .queue import FeatureQueue
 from .smog import SMoGGroups
 from .support_set import SupportSet
 
-__all__ = ["mlp", "projection_head", "prediction_head", "PROJECTOR_KINDS", "DINOHead", "SupportSet", "IterNorm", "FeatureQueue", "SMoGGroups"]
+__all__ = ["mlp", "projection_head", "prediction_head", "PROJECTOR_KINDS", "DINOHead", "SupportSet", "IterNorm", "FeatureQueue", "SMoGGroups",
+           "KNearestSupportSet", "NeighbourTransformer", "slot_encoding"]

@@ -1,6 +1,7 @@
 """Losses: pure functions on tensors. The joint-embedding ones take two views' embeddings
 (`mean_over_view_pairs` extends any of them to N views); the reconstruction ones take predicted
 and target patches and the mask."""
+from .all4one import centroid_loss, feature_contrast_loss, neighbour_contrast_loss
 from .contrastive import infonce_loss, nt_xent_loss
 from .cosine import negative_cosine_loss
 from .dcl import dcl_loss, dclw_loss
@@ -28,4 +29,4 @@ __all__ = ["infonce_loss", "nt_xent_loss", "negative_cosine_loss", "barlow_twins
            "reconstruction_patches", "dino_loss", "update_center", "teacher_temperature", "sinkhorn", "swav_loss",
            "dcl_loss", "dclw_loss", "tico_loss", "mmcr_loss", "wmse_loss", "supcon_loss", "emp_ssl_loss",
            "ibot_patch_loss", "koleo_loss", "msn_loss", "pmsn_loss", "power_law_prior", "deepclusterv2_loss",
-           "ressl_loss", "smog_loss", "vibcreg_loss", "normalized_covariance"]
+           "ressl_loss", "centroid_loss", "feature_contrast_loss", "neighbour_contrast_loss", "smog_loss", "vibcreg_loss", "normalized_covariance"]

@@ -1,5 +1,6 @@
 """Methods: one file each on the shared `SSLMethod` base, registered by name where defined."""
 from ..core.registry import METHODS
+from .all4one import All4One
 from .barlowtwins import BarlowTwins
 from .base import SSLMethod
 from .byol import BYOL
@@ -39,6 +40,6 @@ def get_method(name: str) -> type[SSLMethod]:
     return METHODS.get(name)
 
 
-__all__ = ["SSLMethod", "SimCLR", "MoCo", "BYOL", "SimSiam", "SiaSiam", "BarlowTwins", "VICReg", "FCMAE", "MAE", "SimMIM", "DINO", "SwAV", "SMoG", "MoCoV3", "NNCLR",
+__all__ = ["SSLMethod", "SimCLR", "MoCo", "BYOL", "SimSiam", "SiaSiam", "BarlowTwins", "VICReg", "FCMAE", "MAE", "SimMIM", "DINO", "SwAV", "SMoG", "MoCoV3", "NNCLR", "All4One",
            "DCL", "DCLW", "TiCo", "MMCR", "WMSE", "SupCon", "NNBYOL", "NNSiam", "FastSiam", "EMPSSL",
            "IBOT", "DINOv2", "MSN", "PMSN", "DeepClusterV2", "ReSSL", "VIbCReg", "METHODS", "get_method"]
