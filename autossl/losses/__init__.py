@@ -10,6 +10,7 @@ from .dino import dino_loss, teacher_temperature, update_center
 from .emp import emp_ssl_loss
 from .ibot import ibot_patch_loss
 from .koleo import koleo_loss
+from .lejepa import epps_pulley, lejepa_loss, lejepa_prediction_loss, sigreg, slice_directions
 from .mmcr import mmcr_loss
 from .msn import msn_loss, pmsn_loss, power_law_prior
 from .multiview import mean_over_cross_views, mean_over_view_pairs
@@ -29,4 +30,4 @@ __all__ = ["infonce_loss", "nt_xent_loss", "negative_cosine_loss", "barlow_twins
            "reconstruction_patches", "dino_loss", "update_center", "teacher_temperature", "sinkhorn", "swav_loss",
            "dcl_loss", "dclw_loss", "tico_loss", "mmcr_loss", "wmse_loss", "supcon_loss", "emp_ssl_loss",
            "ibot_patch_loss", "koleo_loss", "msn_loss", "pmsn_loss", "power_law_prior", "deepclusterv2_loss",
-           "ressl_loss", "centroid_loss", "feature_contrast_loss", "neighbour_contrast_loss", "smog_loss", "vibcreg_loss", "normalized_covariance"]
+           "ressl_loss", "centroid_loss", "feature_contrast_loss", "neighbour_contrast_loss", "smog_loss", "lejepa_loss", "lejepa_prediction_loss", "sigreg", "epps_pulley", "slice_directions", "vibcreg_loss", "normalized_covariance"]

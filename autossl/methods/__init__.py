@@ -13,6 +13,7 @@ from .empssl import EMPSSL
 from .fastsiam import FastSiam
 from .fcmae import FCMAE
 from .ibot import IBOT
+from .lejepa import LeJEPA
 from .mae import MAE
 from .mmcr import MMCR
 from .moco import MoCo
@@ -40,6 +41,6 @@ def get_method(name: str) -> type[SSLMethod]:
     return METHODS.get(name)
 
 
-__all__ = ["SSLMethod", "SimCLR", "MoCo", "BYOL", "SimSiam", "SiaSiam", "BarlowTwins", "VICReg", "FCMAE", "MAE", "SimMIM", "DINO", "SwAV", "SMoG", "MoCoV3", "NNCLR", "All4One",
+__all__ = ["SSLMethod", "SimCLR", "MoCo", "BYOL", "SimSiam", "SiaSiam", "BarlowTwins", "VICReg", "FCMAE", "MAE", "SimMIM", "DINO", "SwAV", "SMoG", "MoCoV3", "NNCLR", "All4One", "LeJEPA",
            "DCL", "DCLW", "TiCo", "MMCR", "WMSE", "SupCon", "NNBYOL", "NNSiam", "FastSiam", "EMPSSL",
            "IBOT", "DINOv2", "MSN", "PMSN", "DeepClusterV2", "ReSSL", "VIbCReg", "METHODS", "get_method"]
