@@ -1,7 +1,8 @@
-"""`autossl` command line: pretrain, sweep, export, list, eval, compare, demo."""
+"""`autossl` command line: pretrain, launch, sweep, export, list, eval, compare, demo."""
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from ..core.registry import REGISTRIES, did_you_mean
 
@@ -13,6 +14,11 @@ USAGE = """usage: autossl COMMAND [ARGS]
 commands:
   pretrain [KEY=VALUE ...]        train one experiment (Hydra overrides), e.g.
                                   autossl pretrain experiment=cifar10_byol optimizer.lr=0.5 data.num_views=4
+  launch [KEY=VALUE ...] [--dry-run]
+                                  the same training as a SLURM job that requeues itself on preemption or at
+                                  its time limit and resumes from last.ckpt, e.g. autossl launch
+                                  experiment=cifar10_byol trainer.devices=4 trainer.num_nodes=2
+                                  launch.partition=gpu launch.timeout_min=240 (launch.* keys: conf/global.yaml)
   sweep [KEY=A,B ...]             train every combination (Hydra multirun), e.g.
                                   autossl sweep experiment=mnist_simclr data.num_views=2,4 method=vicreg,barlowtwins
   export CHECKPOINT --out FILE    backbone weights only, as safetensors (name and arguments in its metadata);
@@ -36,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE)
         return 0
     command, rest = argv[0], argv[1:]
-    handlers = {"pretrain": _pretrain, "sweep": _sweep, "export": _export, "list": _list, "eval": _eval,
+    handlers = {"pretrain": _pretrain, "launch": _launch, "sweep": _sweep, "export": _export, "list": _list, "eval": _eval,
                 "compare": _compare, "demo": _demo, "study": _study}
     if command not in handlers:
         print(f"autossl: unknown command '{command}'{did_you_mean(command, handlers)} (autossl --help lists them)",
@@ -67,6 +73,24 @@ def _pretrain(args: list[str]) -> int:
     state = "interrupted" if summary["interrupted"] else "finished"
     print(f"{state}: {summary['name']} after {summary['steps']} steps in {summary['seconds']} s; "
           f"checkpoint {summary['checkpoint']}")
+    return 0
+
+
+def _launch(args: list[str]) -> int:
+    if any(a in ("-h", "--help") for a in args):
+        print(USAGE)
+        return 0
+    from ..train import compose
+    from ..train.launch import launch
+
+    cfg = compose([a for a in args if a != "--dry-run"])
+    out = launch(cfg, dry_run="--dry-run" in args)
+    if out["job_id"] is None:
+        print(out["script"])
+        return 0
+    print(f"submitted SLURM job {out['job_id']}: {cfg.name}, {cfg.trainer.num_nodes} node(s)\n"
+          f"logs: {out['folder']} ({Path(out['log']).name}; the job script {Path(out['script']).name})\n"
+          f"at its time limit or on preemption it requeues itself and resumes from last.ckpt")
     return 0
 
 

@@ -19,6 +19,9 @@ from .schema import check_method_params, check_values
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 USER_EXPERIMENTS = "experiments"  # ./experiments/NAME.yaml, as the earlier autoSSL laid them out
 FREE_FORM = ("model.params",)  # method hyper-parameters: checked against the method instead
+# SLURM's names for what the trainer keys already say (one value, not two that could disagree)
+SAME_AS = {"launch.nodes": "trainer.num_nodes", "launch.tasks_per_node": "trainer.devices",
+           "launch.ntasks_per_node": "trainer.devices"}
 
 
 class ConfigError(ValueError):
@@ -46,6 +49,9 @@ def _flatten(d: Any, prefix: str = "") -> Iterable[str]:
 def _check_key(key: str, known: set[str], where: str) -> None:
     if key in known or any(key.startswith(f + ".") for f in FREE_FORM) or key.startswith("hydra.") or key == "experiment":
         return
+    if key in SAME_AS:
+        raise ConfigError(f"unknown config key '{key}' {where}: use '{SAME_AS[key]}' (autossl launch asks SLURM "
+                          f"for trainer.num_nodes nodes of trainer.devices processes each)")
     raise ConfigError(f"unknown config key '{key}' {where}{did_you_mean(key, known, 0.5)}")
 
 

@@ -82,7 +82,8 @@ def build_model(cfg: DictConfig, num_classes: int | None = None) -> pl.Lightning
     return get_method(str(cfg.method))(**kwargs)
 
 
-def build_trainer(cfg: DictConfig, ckpt_dir: Path, callbacks: list | None = None) -> pl.Trainer:
+def build_trainer(cfg: DictConfig, ckpt_dir: Path, callbacks: list | None = None,
+                  plugins: list | None = None) -> pl.Trainer:
     from pytorch_lightning.callbacks import LearningRateMonitor, TQDMProgressBar
     from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
@@ -114,13 +115,14 @@ def build_trainer(cfg: DictConfig, ckpt_dir: Path, callbacks: list | None = None
     return pl.Trainer(max_epochs=-1 if t.view_budget else int(t.max_epochs), max_steps=max_steps, precision=precision,
                       accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, num_nodes=int(t.num_nodes),
                       sync_batchnorm=bool(t.sync_batchnorm), logger=loggers or False,
-                      callbacks=cbs, plugins=[AtomicCheckpointIO()], log_every_n_steps=int(t.log_every_n_steps),
+                      callbacks=cbs, plugins=[AtomicCheckpointIO()] + (plugins or []), log_every_n_steps=int(t.log_every_n_steps),
                       check_val_every_n_epoch=int(t.check_val_every_n_epoch), enable_progress_bar=bool(t.progress_bar),
                       default_root_dir=str(log_dir), num_sanity_val_steps=0)
 
 
-def pretrain(cfg: DictConfig, callbacks: list | None = None) -> dict:
-    """Train one experiment. Writes <checkpoint.dir>/<name>/{config.yaml,last.ckpt,...}. Returns a summary."""
+def pretrain(cfg: DictConfig, callbacks: list | None = None, plugins: list | None = None) -> dict:
+    """Train one experiment. Writes <checkpoint.dir>/<name>/{config.yaml,last.ckpt,...}. Returns a summary.
+    `callbacks` and `plugins` are added to the Trainer's (`autossl launch` adds its SLURM ones)."""
     ckpt_dir = check_writable(run_dir(cfg))
     check_writable(Path(cfg.logging.dir) / str(cfg.name))
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
@@ -135,7 +137,7 @@ def pretrain(cfg: DictConfig, callbacks: list | None = None) -> dict:
                                     f"run without resume=true first")
         ckpt_path = str(found)
     _write_config(cfg, ckpt_dir)
-    trainer = build_trainer(cfg, ckpt_dir, callbacks)
+    trainer = build_trainer(cfg, ckpt_dir, callbacks, plugins)
     start = time.time()
     trainer.fit(model, train, val, ckpt_path=ckpt_path)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}

@@ -68,6 +68,7 @@ def choice(*options: str, nullable: bool = False) -> Rule:
 
 
 PROB = number(0, 1)
+SLURM_NAME = Rule("a name", lambda v: (isinstance(v, str) and bool(v)) or _int(v), nullable=True)  # Hydra reads 2080 as int
 SCHEMA: dict[str, Rule] = {
     "name": text(), "method": text(), "seed": integer(0), "resume": boolean(),
     "model.backbone": text(), "model.projectionhead": choice("MLP", "linear", "none"), "model.memory_bank": boolean(),
@@ -103,6 +104,12 @@ SCHEMA: dict[str, Rule] = {
     "checkpoint.keep_last": integer(1),
     "logging.dir": text(), "logging.csv": boolean(), "logging.tensorboard": boolean(), "logging.wandb": boolean(),
     "logging.wandb_project": text(),
+    "launch.partition": SLURM_NAME, "launch.account": SLURM_NAME, "launch.qos": SLURM_NAME,
+    "launch.gpus_per_node": integer(0, nullable=True), "launch.cpus_per_task": integer(1, nullable=True),
+    "launch.mem_gb": number(0, lo_open=True, nullable=True), "launch.timeout_min": integer(1),
+    "launch.signal_delay_s": integer(10), "launch.max_timeouts": integer(0),
+    "launch.setup": Rule("a list of shell lines", lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)),
+    "launch.folder": text(nullable=True), "launch.dry_run": boolean(),
 }
 
 
