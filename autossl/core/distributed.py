@@ -23,3 +23,11 @@ def gather(x: torch.Tensor) -> torch.Tensor:
     from torch.distributed.nn.functional import all_gather
 
     return torch.cat(all_gather(x), dim=0)
+
+
+def max_over_processes(x: torch.Tensor) -> torch.Tensor:
+    """The element-wise maximum of `x` over every process: one all-reduce, in place (and no barrier, unlike
+    Lightning's `strategy.reduce`); `x` itself on one process. Every process must call it at the same point."""
+    if world_size() > 1:
+        dist.all_reduce(x, op=dist.ReduceOp.MAX)
+    return x

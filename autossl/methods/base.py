@@ -7,7 +7,8 @@
 - `param_groups()` when it needs more than "no weight decay on biases and norms" (layer-wise LR
   decay is a constructor option; a predictor with its own LR scale or betas overrides this).
 
-Shared here: logging, the online linear probe and k-NN monitor on detached features, the NaN guard,
+Shared here: logging, the online linear probe and k-NN monitor on detached features, the NaN guard (the
+loss here; gradients and checkpointed weights in guard.py),
 skipped-file accounting, the LR schedule and the EMA updates with their cosine momentum schedule,
 and checks when a checkpoint is loaded. `self.hparams` holds what the caller passed; `self.cfg` the
 resolved values (method defaults filled in), read-only: one source of truth, never mutated.
@@ -28,6 +29,7 @@ from ..data.batch import Batch, unpack_batch
 from ..heads import projection_head
 from ..optim import build_optimizer, build_scheduler, decay_groups, layer_decay_groups, scaled_lr
 from .fit_data import fit_loader, rng_state, seeded_sampler, set_rng_state
+from .guard import NonFiniteGuard, check_checkpoint, stop_message
 from .momentum import cosine_tau, ema_update, momentum_copy
 from .monitors import OnlineKNN, OnlineProbe
 
@@ -226,8 +228,24 @@ class SSLMethod(pl.LightningModule):
                     loss = loss + probe[0]
         return loss
 
+    @property
+    def nonfinite(self) -> NonFiniteGuard:
+        """The gradient guard's counters (guard.py): steps `skipped`, the `limit` of them in a row."""
+        if getattr(self, "_nonfinite", None) is None:
+            self._nonfinite = NonFiniteGuard()
+        return self._nonfinite
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        # after backward (and AMP's unscaling), before clipping and the update: non-finite gradients skip the step
+        self.nonfinite.check_gradients(self, optimizer)
+
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         super().optimizer_step(*args, **kwargs)
+        if not self.nonfinite.step_skipped:  # a skipped step moved no weight: no EMA update either
+            self.momentum_update()
+
+    def momentum_update(self) -> None:
+        """The EMA copies after each optimiser step taken (BYOL's cosine schedule; MSN overrides it)."""
         if self.momentum_targets:
             # Right after the optimiser, before any callback's on_train_batch_end: a checkpoint written there
             # holds this step's EMA. global_step counts the steps before this one here, so the first update
@@ -288,10 +306,7 @@ class SSLMethod(pl.LightningModule):
 
     def _check_finite(self, loss: torch.Tensor) -> None:
         if not torch.isfinite(loss.detach()):
-            last = getattr(self.trainer.checkpoint_callback, "last_model_path", "") if self._trainer else ""
-            where = f"last good checkpoint: {last} (left intact)" if last else "no checkpoint was written yet"
-            raise FloatingPointError(f"loss is {loss.item()} at step {self.global_step}; {where}. "
-                                     f"Lower optimizer.lr, add warmup, or train with precision=32")
+            raise FloatingPointError(stop_message(f"loss is {loss.item()} at step {self.global_step}", self))
 
     def _total_steps(self) -> int:
         """Optimiser steps in the whole run, for the LR and momentum schedules.
@@ -337,6 +352,7 @@ class SSLMethod(pl.LightningModule):
 
     # ---- checkpoints --------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        check_checkpoint(self, checkpoint.get("state_dict", {}))  # non-finite weights: refused, nothing written
         checkpoint["autossl"] = {"method": self.name, "backbone": dict(self.backbone.spec),
                                  "data_position": list(self._data_position), "rng": rng_state()}
 

@@ -11,8 +11,8 @@ Sinkhorn-balanced assignment, with the me-max regulariser (MSN) or a power-law p
 anchor assignment (losses/msn.py; PMSN: methods/pmsn.py). The EMA momentum rises *linearly* from
 `momentum_base` to 1 over 1.25x the run's steps, as the reference's `momentum_scheduler` (not BYOL's cosine): the
 EMA copies are therefore listed in `ema_targets`, not the base's `momentum_targets` (whose cosine update would
-also run), and updated right after each optimiser step. The prototypes get no weight decay. With 2 views: one
-target, one masked anchor.
+also run), and updated right after each optimiser step taken (`momentum_update`). The prototypes get no weight
+decay. With 2 views: one target, one masked anchor.
 
 Defaults: the reference's `configs/pretrain/msn_vits16.yaml` (3-layer projector 2048 hidden with BN and GELU,
 256 output, 1024 prototypes, temperature 0.1, sharpening 0.25, Sinkhorn on, me-max weight 1, patch_drop 0.15,
@@ -103,9 +103,9 @@ class MSN(SSLMethod):
             params = list(self.backbone.parameters()) + list(self.projector.parameters())
             torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], self.cfg["clip_grad"])
 
-    def optimizer_step(self, *args, **kwargs) -> None:
-        super().optimizer_step(*args, **kwargs)
-        # global_step still counts the steps before this one: the first update uses momentum_base
+    def momentum_update(self) -> None:
+        # after each optimiser step taken (base.optimizer_step); global_step still counts the steps before this
+        # one: the first update uses momentum_base
         tau = linear_tau(self.global_step, self._total_steps(), self.cfg["momentum_base"])
         for online, target in self.momentum_pairs:
             ema_update(online, target, tau)

@@ -5,13 +5,25 @@ import signal
 from pathlib import Path
 
 import pytorch_lightning as pl
+import torch
+
+from ..core.distributed import max_over_processes
 
 
 class GracefulStop(pl.Callback):
-    """On SIGINT or SIGTERM, finish the current step and end `fit` normally; RunCheckpoints (placed before
-    this callback) then writes `last.ckpt` at the final step.
+    """On SIGINT or SIGTERM, finish the current step and end `fit` normally; RunCheckpoints then writes
+    `last.ckpt` at the final step (rank 0 writes, every rank takes part).
 
-    The signal only sets a flag: the checkpoint is written between steps, never mid-update.
+    The signal only sets a flag: the checkpoint is written between steps, never mid-update. Under DDP the
+    flag is all-reduced after every step, so a signal that reached any one process (a rank, or only the
+    launching one) stops every rank after the same step; the handler itself calls no collective and does not
+    touch `trainer.should_stop` (a rank that stopped on its own would leave the others waiting in the next
+    step's all-reduce until the process-group timeout).
+
+    Lightning's own SIGTERM handling (its `_SignalConnector`, installed when `fit` starts) is replaced from
+    `on_train_start` on: it only broadcasts rank 0's flag, and raises `SIGTERMException` (a SystemExit) out of
+    the loop with no checkpoint; a rank other than 0 that receives the signal raises it alone after its step.
+    Lightning restores the handlers it found before `fit` when `fit` ends.
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -23,11 +35,8 @@ class GracefulStop(pl.Callback):
 
     def _handle(self, signum, frame) -> None:
         self.received = signum
-        if self._trainer is not None:
-            self._trainer.should_stop = True
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._trainer = trainer
         try:
             for s in self.SIGNALS:  # after Lightning's own handlers, so ours decide
                 self._previous[s] = signal.signal(s, self._handle)
@@ -35,22 +44,27 @@ class GracefulStop(pl.Callback):
             self._previous = {}
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self.received is not None:
+        received = self.received or 0
+        if trainer.world_size > 1:  # the largest signal number any process received, on every process
+            received = int(max_over_processes(torch.tensor(float(received), device=pl_module.device)).item())
+        if received:
+            self.received = received
             trainer.should_stop = True
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # the handler stays until `teardown`: a second signal during the final save only sets the flag again
         if self.received is not None:
             pl.utilities.rank_zero_info(f"\nstopped by signal {signal.Signals(self.received).name} at step "
                                         f"{trainer.global_step}; wrote {self.last_path} (resume with resume=true)")
-        self._restore()
 
     def on_exception(self, trainer, pl_module, exception) -> None:
         self._restore()
 
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        self._restore()
+
     def _restore(self) -> None:
         for s, handler in self._previous.items():
-            signal.signal(s, handler)
+            if signal.getsignal(s) == self._handle:  # not when Lightning already put back what it found
+                signal.signal(s, handler)
         self._previous = {}
-        self._trainer = None
-
-    _trainer: pl.Trainer | None = None
