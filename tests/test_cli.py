@@ -105,6 +105,15 @@ def test_resume_without_checkpoint_is_a_clear_error(tmp_path, capsys, monkeypatc
     assert "resume=true but" in capsys.readouterr().err
 
 
+def test_sync_batchnorm_on_cpu_is_refused_in_one_line_before_any_work(tmp_path, capsys, monkeypatch):
+    # torch's SyncBatchNorm is CUDA-only: on CPU processes Lightning would fail inside DDP's set-up with a traceback
+    monkeypatch.chdir(tmp_path)
+    assert main(["pretrain", *TINY, "name=sbn", "trainer.accelerator=cpu", "trainer.sync_batchnorm=true"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "trainer.sync_batchnorm=true needs GPUs" in err[0]
+    assert not (tmp_path / "checkpoints" / "sbn").exists()
+
+
 def test_export_command(tmp_path, capsys):
     from autossl.backbones import load
     from autossl.methods import SimCLR

@@ -123,6 +123,10 @@ def build_trainer(cfg: DictConfig, ckpt_dir: Path, callbacks: list | None = None
 def pretrain(cfg: DictConfig, callbacks: list | None = None, plugins: list | None = None) -> dict:
     """Train one experiment. Writes <checkpoint.dir>/<name>/{config.yaml,last.ckpt,...}. Returns a summary.
     `callbacks` and `plugins` are added to the Trainer's (`autossl launch` adds its SLURM ones)."""
+    t = cfg.trainer
+    if t.sync_batchnorm and (str(t.accelerator) == "cpu" or not torch.cuda.is_available()):  # before any work
+        raise ValueError("trainer.sync_batchnorm=true needs GPUs (torch's SyncBatchNorm runs on CUDA only); on CPU "
+                         "leave it false: each process then normalises its own batch")
     ckpt_dir = check_writable(run_dir(cfg))
     check_writable(Path(cfg.logging.dir) / str(cfg.name))
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
