@@ -19,6 +19,7 @@ from autossl.losses.all4one import centroid_loss, feature_contrast_loss, neighbo
 from autossl.methods.all4one import All4One
 from autossl.train import build_model, compose
 from conftest import TINY, quiet_trainer
+from test_exact_resume import SaveAt, _assert_same_bits, _state
 
 TINY_A4O = dict(TINY, queue_size=64)
 R = 1 / math.sqrt(2)
@@ -200,44 +201,15 @@ def test_trains_on_two_views_with_the_transformer_at_its_own_lr(mnist_arrays, tm
     assert all(m["lr"] == pytest.approx(0.1 * backbone["lr"]) for m in mine)  # 0.1 against the base 1.0
 
 
-class _SaveAt(pl.Callback):
-    """Writes the checkpoint where RunCheckpoints does (tests/test_exact_resume.py): on_train_batch_end of step k."""
-
-    def __init__(self, step, path):
-        self.step, self.path = step, path
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if trainer.global_step == self.step:
-            trainer.save_checkpoint(self.path, weights_only=False)
-            trainer.should_stop = True
-
-
 def _run(mnist_arrays, root, seed, stop_at=None, resume=None):
     pl.seed_everything(seed, verbose=False)
     model = All4One(max_steps=4, warmup_steps=1, num_classes=10, **TINY_A4O)  # dropout on: the RNG must resume too
     loader = make_dataloader(mnist_arrays, num_views=2, batch_size=8, image_size=16, preset="mnist", num_workers=0,
                              seed=0)
-    callbacks = [_SaveAt(stop_at, root / "stop.ckpt")] if stop_at else []
+    callbacks = [SaveAt(stop_at, root / "stop.ckpt")] if stop_at else []
     trainer = quiet_trainer(root, max_steps=4, precision="32", callbacks=callbacks)
     trainer.fit(model, loader, ckpt_path=str(resume) if resume else None)
-    return {"model": model.state_dict(), "optimizer": trainer.optimizers[0].state_dict(),
-            "scheduler": trainer.lr_scheduler_configs[0].scheduler.state_dict(), "step": trainer.global_step,
-            "rng": torch.get_rng_state()}
-
-
-def _assert_same_bits(a, b, where=""):
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), where
-        for k in a:
-            _assert_same_bits(a[k], b[k], f"{where}.{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            _assert_same_bits(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, f"{where}: {a} != {b}"
+    return _state(model, trainer)
 
 
 def test_resume_after_two_steps_ends_with_the_same_bits(mnist_arrays, tmp_path):

@@ -21,6 +21,7 @@ from autossl.losses.lejepa import epps_pulley, lejepa_loss, lejepa_prediction_lo
 from autossl.methods.lejepa import LeJEPA
 from autossl.train import build_model, compose
 from conftest import TINY, quiet_trainer
+from test_exact_resume import SaveAt, _assert_same_bits, _state
 
 TINY_LE = dict(TINY, num_slices=64)
 
@@ -247,42 +248,13 @@ def test_lejepa_trains_on_two_views_and_on_multicrop(digits, tmp_path):
         assert not hasattr(model, "target_backbone") and model.momentum_targets == {}  # no teacher
 
 
-class SaveAt(pl.Callback):
-    """Writes the checkpoint where RunCheckpoints does (on_train_batch_end of step k) and stops the run."""
-
-    def __init__(self, step, path):
-        self.step, self.path = step, path
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if trainer.global_step == self.step:
-            trainer.save_checkpoint(self.path, weights_only=False)
-            trainer.should_stop = True
-
-
 def _run(digits, tmp_path, seed, stop_at=None, resume=None):
     pl.seed_everything(seed, verbose=False)
     model = LeJEPA(max_steps=4, warmup_steps=1, lr=1e-3, num_classes=10, **TINY_LE)
     callbacks = [SaveAt(stop_at, tmp_path / "stop.ckpt")] if stop_at else []
     trainer = quiet_trainer(tmp_path, max_steps=4, callbacks=callbacks)
     trainer.fit(model, _loader(digits, num_local=2), ckpt_path=str(resume) if resume else None)
-    return {"model": model.state_dict(), "optimizer": trainer.optimizers[0].state_dict(),
-            "scheduler": trainer.lr_scheduler_configs[0].scheduler.state_dict(), "step": trainer.global_step,
-            "rng": torch.get_rng_state()}
-
-
-def _assert_same_bits(a, b, where=""):
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), where
-        for k in a:
-            _assert_same_bits(a[k], b[k], f"{where}.{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            _assert_same_bits(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, f"{where}: {a} != {b}"
+    return _state(model, trainer)
 
 
 def test_lejepa_resumed_after_two_steps_ends_with_the_same_bits(digits, tmp_path):
