@@ -8,8 +8,9 @@ For every method in `METHODS`: the same seed, the same initial weights and the s
 its half, in the order the losses' gathers concatenate them) for N optimiser steps, through a real Lightning
 Trainer: `accelerator=cpu, devices=2, strategy=ddp` (launched by torchrun, as `autossl pretrain
 trainer.devices=2 trainer.strategy=ddp` runs), once with `sync_batchnorm=True` and once without, against
-`devices=1`. torch's SyncBatchNorm refuses CPU modules under DDP, so "SyncBatchNorm on" is `GatheredBatchNorm`
-(below): the same statistics and gradient, gathered with autograd. The loss of a step is the mean of the processes'
+`devices=1`. torch's SyncBatchNorm refuses CPU modules under DDP, so "SyncBatchNorm on" is autossl's
+`GatheredBatchNorm` (autossl/core/sync_batchnorm.py, what `trainer.sync_batchnorm=true` uses on CPU): the same
+statistics and gradient, gathered with autograd. The loss of a step is the mean of the processes'
 losses (what `train_loss` logs with sync_dist). Both runs are seeded again once the model is built, since
 Lightning's DDP re-seeds every process when it sets up (`reset_seed`) and one process does not. It
 prints the per-step loss curves and writes a markdown table: the largest relative difference of the loss over the
@@ -41,6 +42,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from autossl.core.sync_batchnorm import convert_gathered_batchnorm
+
 GLOBAL_BATCH, WORLD, IMAGE = 16, 2, 16
 VIT = dict(backbone="vit_tiny", backbone_kwargs={"depth": 1}, proj_hidden_dim=32, proj_output_dim=16)
 MULTI_CROP = dict(num_views=2, num_local=2, local_size=8)
@@ -68,27 +71,21 @@ SPECIAL: dict[str, dict] = {
 LOADER_KEYS = ("num_views", "num_local", "local_size")
 
 # Why a method's 2-process run differs from the 1-process run, where it is expected to (or known to).
-_MASKS = ("random masks per process: every process starts from the same seed (Lightning's seed_everything, then "
-          "DDP's reset_seed), so both draw the same masks for their 8 images, where one process draws 16 different "
-          "ones")
-_BROADCAST = ("DDP's broadcast_buffers (on in Lightning's 'ddp') copies rank 0's buffers to every process before each "
-              "forward, so rank 1's own {what} is replaced by rank 0's: its rows are never used, rank 0's count twice")
+# (Equal since 25 Nov, session 5: random masks (MAE, SimMIM, FCMAE, iBOT, MSN, PMSN) draw for the global batch and
+# keep their rows, core.distributed.rand_rows, where every process used to draw the same masks for its images;
+# SwAV's queue and DeepCluster-v2's memory bank hold the global batch, where DDP's broadcast_buffers used to
+# replace rank 1's per-process buffer with rank 0's.)
 NOTES = {
-    "mae": _MASKS, "simmim": _MASKS, "fcmae": _MASKS,
-    "ibot": _MASKS, "dinov2": _MASKS + "; KoLeo is per process (as DINOv2's reference)",
-    "msn": _MASKS + " (patch drop)", "pmsn": _MASKS + " (patch drop)",
-    "all4one": "dropout 0.1 in the neighbour transformer: the same dropout masks on both processes (same seed); its "
-               "feature term is per process by design (as solo-learn)",
+    "dinov2": "KoLeo is per process (as DINOv2's reference); its masks and DINO/iBOT terms are equal (ibot's row)",
+    "all4one": "dropout 0.1 in the neighbour transformer: the same dropout masks on both processes (their generators "
+               "are in step, and nn.Dropout draws for its own rows); its feature term is per process by design (as "
+               "solo-learn)",
     "wmse": "by design: each process whitens its own sub-batches (as the reference, solo-learn, lightly); one "
             "process slices 16 at random into 2 sub-batches of 8",
     "empssl": "by design (docstring): the coding rate is that of each process's batch",
     "dclw": "by design: the vMF weights are a softmax over each process's batch (as lightly, the reference)",
     "vibcreg": "IterNorm in the projector whitens each process's batch (not a BatchNorm: SyncBatchNorm leaves it)",
-    "swav": "BUG: " + _BROADCAST.format(what="queue (queue_size // world rows, per process as the reference)") +
-            "; from the step the queue joins Sinkhorn. Equal (4e-7) with --no-broadcast-buffers",
-    "deepclusterv2": "first epoch: loss 0 (the bank fills); then k-means starts from rank 0's bank rows where one "
-                     "process picks from the whole bank (as solo-learn), and " +
-                     _BROADCAST.format(what="memory bank (per process by design)"),
+    "deepclusterv2": "first epoch: loss 0 (the bank fills); then equal",
 }
 # Differences that are float32 rounding, amplified over the steps: equal to ~1e-9 with --precision 64-true
 # (measured on byol, simclr, mocov3, nnsiam, whose float32 runs drift by 1e-4 to 5e-3 after step 3).
@@ -164,44 +161,6 @@ def collate(items):
                       torch.stack([it[1] for it in items]))
 
 
-# ---- SyncBatchNorm on CPU ----------------------------------------------------------------------------------------
-class GatheredBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
-    """BatchNorm over the batches of every process: SyncBatchNorm's statistics and gradient, written with
-    `core.distributed.gather` (autograd all-gather), because torch's SyncBatchNorm refuses CPU modules under DDP
-    ("SyncBatchNorm layers only work with GPU modules"), so `sync_batchnorm=True` cannot run on gloo/CPU.
-    Normalises the gathered batch (running statistics updated from it, as SyncBatchNorm does) and keeps this
-    process's rows; the gather's backward sums every process's gradient into them, as SyncBatchNorm's backward."""
-
-    def _check_input_dim(self, x):
-        if x.dim() < 2:
-            raise ValueError(f"expected at least 2-D input, got {x.dim()}-D")
-
-    def forward(self, x):
-        from autossl.core.distributed import gather, rank
-
-        if not self.training:
-            return super().forward(x)
-        n = x.shape[0]
-        return super().forward(gather(x))[rank() * n:(rank() + 1) * n]
-
-
-def gathered_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
-    """Every BatchNorm of `module` replaced by a GatheredBatchNorm holding the same parameters and buffers (as
-    torch.nn.SyncBatchNorm.convert_sync_batchnorm does)."""
-    out = module
-    if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and not isinstance(module, GatheredBatchNorm):
-        out = GatheredBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
-                                module.track_running_stats)
-        if module.affine:
-            out.weight, out.bias = module.weight, module.bias
-        out.running_mean, out.running_var = module.running_mean, module.running_var
-        out.num_batches_tracked = module.num_batches_tracked
-        out.training = module.training
-    for child_name, child in module.named_children():
-        out.add_module(child_name, gathered_batchnorm(child))
-    return out
-
-
 # ---- one run: a Lightning Trainer on 1 or 2 processes ---------------------------------------------------------
 def run(name: str, data: dict, steps: int, seed: int, devices: int, sync_bn: bool | str, precision: str = "32-true",
         broadcast_buffers: bool = True) -> dict:
@@ -219,7 +178,7 @@ def run(name: str, data: dict, steps: int, seed: int, devices: int, sync_bn: boo
     pl.seed_everything(seed, verbose=False)
     model = cls(max_steps=steps, lr=lr, scale_lr=False, **kwargs)
     if sync_bn == "gathered":
-        model = gathered_batchnorm(model)
+        model = convert_gathered_batchnorm(model)
     # Lightning's DDP re-seeds every process with the global seed when it sets up (reset_seed); one process does
     # not. Seeding both here, after the model is built, starts their steps from the same random state.
     pl.seed_everything(seed, verbose=False)

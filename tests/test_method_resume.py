@@ -66,11 +66,7 @@ LOADER_KEYS = ("num_views", "num_local", "local_size")
 # One method per family runs by default: EMA target, queue, center + multi-crop, prototypes + queue, mask, labels.
 FAST = ("byol", "moco", "dino", "swav", "mae", "supcon")
 # Resumes that do not continue bit for bit yet, (method, step) -> why. Strict: one that starts passing fails the test.
-KNOWN_RESUME_BUGS = {
-    ("deepclusterv2", 3): "resumed from an epoch's last step, the next epoch's k-means draws its initial centroids "
-                          "(torch.randperm) from the global random state before the checkpoint's is restored "
-                          "(SSLMethod restores it in on_train_batch_start, after on_train_epoch_start)",
-}
+KNOWN_RESUME_BUGS: dict[tuple[str, int], str] = {}  # (DeepCluster-v2 after step 3: fixed in session 5)
 # (method, layout) pairs a zoo test already trains through a real Trainer, and where.
 COVERED_ELSEWHERE = {
     **{(m, "2 views"): "test_methods.py (earlier API)" for m in ("simclr", "moco", "byol", "simsiam", "barlowtwins",

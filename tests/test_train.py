@@ -37,6 +37,7 @@ def _model():
                 warmup_steps=1)
 
 
+@pytest.mark.slow  # tests/test_exact_resume.py resumes this setting (BYOL, per-image views, fp32) and three others
 def test_four_steps_equal_two_plus_resume_plus_two(tmp_path):
     X, y = _digits(32)  # batch 16 -> 2 steps per epoch
     loader = lambda: make_dataloader((X, y), batch_size=16, image_size=16, preset="mnist", num_workers=0, seed=0)

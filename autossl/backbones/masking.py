@@ -12,6 +12,8 @@ from typing import Optional, Sequence, Tuple
 
 import torch
 
+from ..core.distributed import rand_rows
+
 
 def _num_masked(num_tokens: int, mask_ratio: float) -> int:
     if not 0.0 <= float(mask_ratio) <= 1.0:
@@ -40,13 +42,16 @@ def random_token_mask(
     mask [B, num_tokens] bool, True = masked)`. The count is clamped so that at least one token is kept
     and, for a positive ratio, at least one is masked. The noise is drawn with `torch.rand(...,
     generator=generator)` on the generator's device (so a CPU generator works for a CUDA `device`) and
-    ranked with `argsort`, as in MAE's `random_masking`; the same generator state gives the same mask.
+    ranked with `argsort`, as in MAE's `random_masking`; the same generator state gives the same mask. Under DDP
+    each process keeps its rows of the noise drawn for the global batch: processes mask their images differently,
+    as one process would mask the global batch, and their generators stay in step.
     Keeping `idx_keep` sorted preserves the raster order of the visible tokens.
     """
     n_mask = _num_masked(num_tokens, mask_ratio)
     n_keep = num_tokens - n_mask
     noise_device = generator.device if generator is not None else device
-    noise = torch.rand(batch_size, num_tokens, generator=generator, device=noise_device)
+    # under DDP: this process's rows of the global batch's draw (core.distributed.rand_rows)
+    noise = rand_rows(batch_size, num_tokens, generator=generator, device=noise_device)
     order = noise.argsort(dim=1)
     if device is not None:
         order = order.to(device)

@@ -13,7 +13,8 @@ from contextlib import contextmanager
 from typing import Iterator
 
 import torch
-from torch.utils.data import Sampler
+import torch.distributed as dist
+from torch.utils.data import DistributedSampler
 
 _MIX = 0x9E3779B97F4A7C15  # the golden-ratio constant of splitmix64: spreads nearby seeds apart
 
@@ -35,26 +36,50 @@ def seeded(seed: int):
         yield
 
 
-class SeededSampler(Sampler):
+class SeededSampler(DistributedSampler):
     """Each iteration is the next epoch, by its own counter: Lightning numbers epochs differently after some
     restarts (a checkpoint written after an epoch's last batch replays an empty epoch and counts it), so the
-    trainer's epoch cannot say which data comes next. A resumed run sets the counter (`resume_at`)."""
+    trainer's epoch cannot say which data comes next. A resumed run sets the counter (`resume_at`).
 
-    def __init__(self, length: int, seed: int, shuffle: bool = True):
-        self.length, self.seed, self.shuffle = int(length), int(seed), shuffle
-        self.epoch, self.start = 0, 0  # the next iteration: its epoch, and the samples of it already used
+    It is its own distributed sampler: under DDP (a process group, read when iterating, so the loader can be built
+    before the processes start) process r of W takes every W-th sample of the epoch's order from position r, the
+    order padded by its first samples to a multiple of W, as torch's DistributedSampler does; so the processes'
+    batches together are one process's global batch. Lightning leaves a DistributedSampler in place, where it
+    wraps any other sampler in one whose length is fixed when it is built, which cannot start an epoch part-way
+    (a mid-epoch resume under DDP failed with an IndexError). `set_epoch`, which Lightning calls with its own
+    epoch count, is ignored for the reason above."""
+
+    def __init__(self, length: int, seed: int, shuffle: bool = True):  # DistributedSampler's needs a process group
+        self.length, self.seed, self.shuffle, self.drop_last = int(length), int(seed), shuffle, False
+        self.epoch, self.start = 0, 0  # the next iteration: its epoch, and the samples of it already used (all ranks)
 
     def resume_at(self, epoch: int, samples_done: int) -> None:
-        """The next iteration is `epoch`, after its first `samples_done` samples."""
+        """The next iteration is `epoch`, after its first `samples_done` samples (of every process together)."""
         self.epoch, self.start = int(epoch), int(samples_done)
+
+    def set_epoch(self, epoch: int) -> None:
+        pass
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         epoch, start = self.epoch, min(self.start, self.length)
         self.epoch, self.start = epoch + 1, 0
         order = (torch.randperm(self.length, generator=torch.Generator().manual_seed(sample_seed(self.seed, epoch, -1)))
-                 if self.shuffle else torch.arange(self.length))
-        for i in order[start:].tolist():
+                 if self.shuffle else torch.arange(self.length)).tolist()
+        world, rank = _world()
+        if world > 1:
+            order = order + order[: (-self.length) % world]  # every process the same number of samples
+            order = order[start:][rank::world]
+        else:
+            order = order[start:]
+        for i in order:
             yield i, sample_seed(self.seed, epoch, i)
 
     def __len__(self) -> int:
-        return self.length
+        world, _ = _world()
+        return -(-self.length // world)
+
+
+def _world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank()
+    return 1, 0

@@ -21,6 +21,7 @@ from typing import Any, Sequence
 import pytorch_lightning as pl
 import torch
 import torch.nn as nn
+from torch.utils.data import DistributedSampler
 from pytorch_lightning.utilities import rank_zero_warn
 
 from ..backbones import create_backbone
@@ -313,22 +314,43 @@ class SSLMethod(pl.LightningModule):
 
         Computed from the loader's length rather than `trainer.estimated_stepping_batches`, which
         would set the loader up before a resumed run restores the loader's state."""
+        if getattr(self, "_schedule_length", None):  # laid out by the trainer (a time budget: train/budget.py)
+            return self._schedule_length
         if self.cfg.get("max_steps"):
             return int(self.cfg["max_steps"])
         if not hasattr(self, "_total_steps_cache"):
             t = self.trainer
             max_steps = t.max_steps if t.max_steps and t.max_steps > 0 else 0
-            try:
-                per_epoch = len(fit_loader(t)) // max(1, t.world_size)
-            except TypeError:  # an iterable without length
-                per_epoch = 0
-            by_epochs = per_epoch * (t.max_epochs or 0) // max(1, t.accumulate_grad_batches)
+            by_epochs = self._steps_per_epoch() * (t.max_epochs or 0)
             candidates = [n for n in (max_steps, by_epochs) if n > 0]
             if not candidates:
                 raise ValueError("cannot lay out the LR and momentum schedules: the training loader has no length and "
                                  "no step limit is set; pass max_steps to the Trainer (trainer.max_steps)")
             self._total_steps_cache = min(candidates)
         return self._total_steps_cache
+
+    def _steps_per_epoch(self) -> int:
+        """Optimiser steps in an epoch of this process (0: a loader without length)."""
+        t = self.trainer
+        loader = fit_loader(t)
+        try:  # a DistributedSampler (autossl's SeededSampler is one) has this process's length already;
+            # Lightning splits any other sampler's epoch over the processes
+            per_rank = isinstance(getattr(loader, "sampler", None), DistributedSampler)
+            batches = len(loader) // (1 if per_rank else max(1, t.world_size))
+        except TypeError:  # an iterable without length
+            return 0
+        return batches // max(1, t.accumulate_grad_batches)
+
+    def set_schedule_length(self, steps: int) -> None:
+        """Lay the LR and momentum schedules out over `steps` optimiser steps from now on (a time budget re-plans
+        while training, train/budget.py): the cosine of the LR (after its warm-up) and the EMA momentum end there."""
+        self._schedule_length = max(1, int(steps))
+        if self._trainer is None:
+            return
+        for config in self.trainer.lr_scheduler_configs:  # timm's cosine: t_initial steps after the warm-up
+            sched = config.scheduler
+            if hasattr(sched, "t_initial"):
+                sched.t_initial = max(1, self._schedule_length - int(getattr(sched, "warmup_t", 0)))
 
     def configure_optimizers(self):
         loader = fit_loader(self.trainer)
@@ -342,7 +364,9 @@ class SSLMethod(pl.LightningModule):
         opt = build_optimizer(c["optimizer"], groups, lr, c["weight_decay"], c["sgd_momentum"],
                               betas=tuple(c.get("betas") or (0.9, 0.999)))
         total = self._total_steps()
-        steps_per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1)) if self._trainer else 1
+        steps_per_epoch = 1
+        if self._trainer:  # the loader's epoch, else the run's steps over its epochs
+            steps_per_epoch = self._steps_per_epoch() or max(1, total // max(1, self.trainer.max_epochs or 1))
         warmup = c.get("warmup_steps") or int(c["warmup_epochs"] * steps_per_epoch)
         sched = build_scheduler(opt, total, warmup, c["min_lr"])
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
@@ -367,7 +391,7 @@ class SSLMethod(pl.LightningModule):
             epoch, batches_done = saved["data_position"]
             if batches_done >= len(loader):  # the epoch's last batch was done: the next iteration is a new epoch
                 epoch, batches_done = epoch + 1, 0
-            sampler.resume_at(epoch, batches_done * loader.batch_size)
+            sampler.resume_at(epoch, batches_done * loader.batch_size * self.trainer.world_size)  # every process's
         if self._trainer is not None and "rng" in saved:
             self._pending_rng = saved["rng"]
         probe = checkpoint.get("state_dict", {}).get("probe.classifier.weight")

@@ -3,7 +3,7 @@ Assignments", arXiv:2006.09882, §4.1 and appendix; reference code github.com/fa
 `main_deepclusterv2.py`; as solo-learn runs it, `solo/methods/deepclusterv2.py`, `solo/utils/kmeans.py`).
 
 Explicit clustering instead of SwAV's online codes: a memory bank keeps the L2-normalised projections of each
-global crop; at the start of every epoch after the first, spherical k-means (`kmeans_iters` rounds, centroids
+global crop; at the start of every epoch after the first (its first batch), spherical k-means (`kmeans_iters` rounds, centroids
 initialised from random bank entries, empty clusters keep their centroid) runs on it once per prototype head
 (head h on the bank of crop h mod #global crops), and the centroids become that head's prototypes, fixed (no
 gradient) for the epoch. The loss (losses/deepclusterv2.py) is the cross-entropy at `temperature` between
@@ -14,7 +14,15 @@ One difference, forced by the batch contract (batches carry no dataset indices):
 image's k-means assignment of the *previous* epoch's embedding by its index; here the image's cluster is the
 nearest centroid to its *current* (detached) projection of crop h mod #global crops, the bank being a FIFO
 of the last `memory_size` projections (by default about one CIFAR epoch, the size of solo-learn's bank: its
-loader length x batch size). Under DDP each process keeps its own bank and k-means all-reduces its sums.
+loader length x batch size).
+
+Under DDP the bank holds the *global* batch's projections (gathered), the same on every process; k-means starts
+from centroids drawn from the whole bank by a generator seeded with the run's seed and the epoch (the same on every
+process, and after a resume), and each process assigns its share of the bank's rows, the M step's sums being
+all-reduced: the centroids are those one process would compute. (A per-process bank, as solo-learn's, is what
+DDP's `broadcast_buffers` overwrites with rank 0's before every forward, and what a checkpoint written by rank 0
+cannot restore on the other processes; a draw from the global generator at the epoch's start ran before a resumed
+run restores it.)
 
 Defaults: solo-learn's CIFAR recipe (scripts/pretrain/cifar/deepclusterv2.yaml: 2048 hidden, 128 output,
 prototypes [3000, 3000, 3000] (here `num_prototypes=3000, prototype_heads=3`), LARS lr 0.6, wd 1e-6;
@@ -26,25 +34,30 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from ..core.distributed import world_size
+from ..core.distributed import gather_rows, rank, world_size
 from ..core.registry import METHODS
+from ..data.seeded import sample_seed
 from ..losses.deepclusterv2 import deepclusterv2_loss
 from .base import SSLMethod
 
 
 @torch.no_grad()
-def spherical_kmeans(x: torch.Tensor, k: int, iters: int = 10, generator: torch.Generator | None = None
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
+def spherical_kmeans(x: torch.Tensor, k: int, iters: int = 10, generator: torch.Generator | None = None,
+                     init: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(centroids [k, D] unit-norm, assignments [N]) of k-means on the unit sphere of `x` [N, D] (unit rows):
     solo-learn's `KMeans.cluster_memory` (E step by the largest dot product, M step the normalised mean, an
-    empty cluster keeps its centroid; iters M steps, then a last E step). Under DDP, rank 0's initial
-    centroids are broadcast and each M step's sums and counts are all-reduced."""
-    if len(x) < k:
+    empty cluster keeps its centroid; iters M steps, then a last E step). The initial centroids are `init`, or
+    k random rows of `x` (rank 0's, broadcast under DDP). Under DDP `x` is this process's share of the rows and
+    each M step's sums and counts are all-reduced."""
+    if init is None and len(x) < k:
         raise ValueError(f"k-means needs at least k={k} embeddings in the memory bank, it has {len(x)}")
     x = x.float()
-    centroids = x[torch.randperm(len(x), generator=generator)[:k].to(x.device)].clone()
-    if world_size() > 1:
-        dist.broadcast(centroids, 0)
+    if init is not None:
+        centroids = init.float().clone()
+    else:
+        centroids = x[torch.randperm(len(x), generator=generator)[:k].to(x.device)].clone()
+        if world_size() > 1:
+            dist.broadcast(centroids, 0)
     for it in range(iters + 1):
         assign = (x @ centroids.T).argmax(dim=1)
         if it == iters:
@@ -80,6 +93,7 @@ class DeepClusterV2(SSLMethod):
         self.register_buffer("memory_ptr", torch.zeros((), dtype=torch.long))
         self.register_buffer("memory_filled", torch.zeros((), dtype=torch.long))
         self.register_buffer("clustered", torch.zeros((), dtype=torch.bool))
+        self.register_buffer("clustered_epoch", torch.full((), -1, dtype=torch.long))  # the last epoch k-means ran
 
     def prototypes(self, h: int) -> torch.Tensor:
         return getattr(self, f"prototypes_{h}")
@@ -88,10 +102,10 @@ class DeepClusterV2(SSLMethod):
     def push_memory(self, zs: list[torch.Tensor]) -> None:
         """FIFO: the newest projections of each global crop (those beyond the bank's crops are not kept)."""
         size = self.memory.shape[1]
-        n = min(len(zs[0]), size)
+        n = min(len(zs[0]) * world_size(), size)
         idx = (self.memory_ptr + torch.arange(n, device=self.memory.device)) % size
-        for j in range(min(len(zs), self.memory.shape[0])):
-            self.memory[j, idx] = zs[j][-n:].detach().to(self.memory.dtype)
+        for j in range(min(len(zs), self.memory.shape[0])):  # the global batch's rows, the same on every process
+            self.memory[j, idx] = gather_rows(zs[j].detach())[-n:].to(self.memory.dtype)
         self.memory_ptr.copy_((self.memory_ptr + n) % size)
         self.memory_filled.copy_(torch.clamp(self.memory_filled + n, max=size))
 
@@ -99,16 +113,30 @@ class DeepClusterV2(SSLMethod):
     def cluster_memory(self) -> None:
         """k-means on the bank for every head: the centroids become the head's prototypes."""
         n = int(self.memory_filled)
+        # the initial centroids from a generator of (seed, epoch): the same on every process and after a resume,
+        # without touching the global generator (restored only at the first batch of a resumed run)
+        g = torch.Generator().manual_seed(sample_seed(int(self.hparams.seed or 0), self.current_epoch, -3))
         for h in range(self.num_heads):
             k = self.prototypes(h).shape[0]
-            centroids, _ = spherical_kmeans(self.memory[h % self.memory.shape[0], :n], k, self.cfg["kmeans_iters"])
+            bank = self.memory[h % self.memory.shape[0], :n]
+            if n < k:
+                raise ValueError(f"k-means needs at least k={k} embeddings in the memory bank, it has {n}")
+            init = bank[torch.randperm(n, generator=g)[:k].to(bank.device)]
+            centroids, _ = spherical_kmeans(bank.tensor_split(world_size())[rank()], k, self.cfg["kmeans_iters"],
+                                            init=init)
             self.prototypes(h).copy_(centroids.to(self.prototypes(h).dtype))
         self.clustered.fill_(True)
 
-    def on_train_epoch_start(self) -> None:
-        super().on_train_epoch_start()
-        if self.current_epoch > 0 and int(self.memory_filled) >= max(p.shape[0] for p in self._all_prototypes()):
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        # At an epoch's first batch, not in on_train_epoch_start: Lightning does not call that hook for the epoch a
+        # run resumed from an epoch's last step continues into. `clustered_epoch` (checkpointed) says whether this
+        # epoch's k-means ran, so a run resumed mid-epoch does not cluster again.
+        super().on_train_batch_start(batch, batch_idx)
+        epoch = self.current_epoch
+        if (epoch > 0 and int(self.clustered_epoch) != epoch
+                and int(self.memory_filled) >= max(p.shape[0] for p in self._all_prototypes())):
             self.cluster_memory()
+            self.clustered_epoch.fill_(epoch)
 
     def _all_prototypes(self) -> list[torch.Tensor]:
         return [self.prototypes(h) for h in range(self.num_heads)]

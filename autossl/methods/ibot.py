@@ -30,6 +30,7 @@ import torch.nn as nn
 
 from ..backbones.masked_vit import MaskedViT
 from ..backbones.vit_crops import is_vit, vit_tokens
+from ..core.distributed import rand_rows
 from ..core.registry import METHODS
 from ..losses.dino import dino_loss, teacher_temperature, update_center
 from ..losses.ibot import ibot_patch_loss
@@ -42,10 +43,11 @@ def sample_masks(n: int, num_tokens: int, probability: float = 0.5, ratio_min: f
     tokens with r ~ U(ratio_min, ratio_max) (the reference's `ImageFolderMask` with pred_shape='rand')."""
     if not 0 <= ratio_min <= ratio_max < 1:
         raise ValueError(f"mask ratios must satisfy 0 <= min <= max < 1, got [{ratio_min}, {ratio_max}]")
-    ratio = torch.empty(n, device=device).uniform_(ratio_min, ratio_max)
-    ratio = ratio * (torch.rand(n, device=device) < probability)
+    # under DDP, this process's rows of the global batch's draws (core.distributed.rand_rows: ranks mask differently)
+    ratio = ratio_min + (ratio_max - ratio_min) * rand_rows(n, device=device)
+    ratio = ratio * (rand_rows(n, device=device) < probability)
     count = (ratio * num_tokens).long()
-    rank = torch.rand(n, num_tokens, device=device).argsort(dim=1).argsort(dim=1)
+    rank = rand_rows(n, num_tokens, device=device).argsort(dim=1).argsort(dim=1)
     return rank < count[:, None]
 
 
@@ -87,8 +89,9 @@ class IBOT(DINO):
         b = batch.size
         images = self._prepare(torch.cat(batch.global_views))
         enc = self.encoder
-        mask = sample_masks(len(images), enc.num_patches, c["mask_probability"], c["mask_ratio_min"],
-                            c["mask_ratio_max"], device=images.device)
+        # one draw per global crop: under DDP each process then masks its rows as one process masks the global batch
+        mask = torch.cat([sample_masks(b, enc.num_patches, c["mask_probability"], c["mask_ratio_min"],
+                                       c["mask_ratio_max"], device=images.device) for _ in batch.global_views])
         tokens = enc.encode_with_mask_token(images, mask)
         cls = [vit.forward_head(tokens, pre_logits=True)]
         by_size: dict[int, list[torch.Tensor]] = {}

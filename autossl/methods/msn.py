@@ -77,8 +77,9 @@ class MSN(SSLMethod):
         feats = []
         if g > 1:
             anchors = self._prepare(torch.cat(batch.views[1:g]))
-            idx_keep, _, _ = random_token_mask(len(anchors), enc.num_patches, self.cfg["mask_ratio"],
-                                               device=anchors.device)
+            # one draw per anchor view: under DDP each process masks its rows as one process masks the global batch
+            idx_keep = torch.cat([random_token_mask(batch.size, enc.num_patches, self.cfg["mask_ratio"],
+                                                    device=anchors.device)[0] for _ in batch.views[1:g]])
             feats.append(vit.forward_head(enc.encode(anchors, idx_keep), pre_logits=True))
         by_size: dict[int, list[torch.Tensor]] = {}
         for v in batch.local_views:

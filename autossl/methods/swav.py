@@ -10,12 +10,16 @@ ones) predicts them (losses/swav.py). No momentum encoder and no negatives. Kept
 - the prototypes receive no gradient for the first `freeze_prototypes_epochs` epochs (or the first
   `freeze_prototypes_steps` optimiser steps when that is set, the reference's `freeze_prototypes_niters`):
   early on the codes are near-random and moving the prototypes to fit them slows learning (paper §B.3);
-- with `queue_size` > 0, the normalised projections of the global crops of past batches are kept
-  (per process: `queue_size // world_size` rows, as the reference) and, from epoch `queue_start_epoch`
-  once the queue is full, appended to the batch for Sinkhorn only: small batches then still spread
-  over many prototypes (paper §4.4 / appendix, "working with small batches"). The queue is a buffer,
-  so it is checkpointed; it is filled from the first step (the reference creates it at
-  `epoch_queue_starts` and fills it from then), which only means it is already full when it starts.
+- with `queue_size` > 0, the normalised projections of the global crops of past batches are kept and,
+  from epoch `queue_start_epoch` once the queue is full, appended to the batch for Sinkhorn only: small
+  batches then still spread over many prototypes (paper §4.4 / appendix, "working with small batches").
+  The queue is a buffer, so it is checkpointed; it is filled from the first step (the reference creates it
+  at `epoch_queue_starts` and fills it from then), which only means it is already full when it starts.
+  Under DDP the queue holds the *global* batch's projections (gathered), the same on every process, and
+  each process adds its share of the rows to Sinkhorn, whose sums are all-reduced: Sinkhorn sees every row
+  once, as one process would. (The reference keeps `queue_size // world_size` rows per process; a
+  per-process buffer is what DDP's `broadcast_buffers` overwrites with rank 0's before every forward, and
+  what a checkpoint, written by rank 0, cannot restore on the other processes.)
 
 Defaults: solo-learn's CIFAR recipe (scripts/pretrain/cifar/swav.yaml: 2048 hidden, 128 output, 3000
 prototypes, temperature 0.1, queue 3840 from epoch 50, prototypes frozen 2 epochs, LARS lr 0.6,
@@ -27,7 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..core.distributed import world_size
+from ..core.distributed import gather_rows, rank, world_size
 from ..core.registry import METHODS
 from ..losses.swav import swav_loss
 from .base import SSLMethod
@@ -58,27 +62,26 @@ class SwAV(SSLMethod):
             return self.global_step < int(steps)
         return self.current_epoch < self.cfg["freeze_prototypes_epochs"]
 
-    def _queue_rows(self) -> int:
-        return self.queue.shape[1] // world_size()
-
     def _queue_scores(self, num_global: int) -> list[torch.Tensor] | None:
-        n = self._queue_rows()
+        n = self.queue.shape[1]
         if (n == 0 or self.current_epoch < self.cfg["queue_start_epoch"] or int(self.queue_filled) < n
                 or num_global > self.queue.shape[0]):
             return None
-        with torch.no_grad():
-            return [self.prototypes(self.queue[i, :n].to(self.prototypes.weight.dtype)) for i in range(num_global)]
+        with torch.no_grad():  # this process's share of the (global) queue's rows: Sinkhorn all-reduces over them
+            return [self.prototypes(self.queue[i].tensor_split(world_size())[rank()].to(self.prototypes.weight.dtype))
+                    for i in range(num_global)]
 
     @torch.no_grad()
     def _enqueue(self, zs: list[torch.Tensor]) -> None:
-        n = self._queue_rows()
+        n = self.queue.shape[1]
         if n == 0 or len(zs) > self.queue.shape[0]:
             return
-        b = min(len(zs[0]), n)
-        for i, z in enumerate(zs):  # FIFO by shifting, newest first, as the reference
+        for i, z in enumerate(zs):  # FIFO by shifting, newest first, as the reference; the global batch's rows
+            z = gather_rows(z.detach())[:n]
+            b = len(z)
             self.queue[i, b:n] = self.queue[i, : n - b].clone()
-            self.queue[i, :b] = z[:b].detach().to(self.queue.dtype)
-        self.queue_filled.copy_(torch.clamp(self.queue_filled + b, max=n))
+            self.queue[i, :b] = z.to(self.queue.dtype)
+        self.queue_filled.copy_(torch.clamp(self.queue_filled + min(len(zs[0]) * world_size(), n), max=n))
 
     def step(self, batch):
         c = self.cfg

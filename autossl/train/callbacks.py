@@ -1,4 +1,5 @@
-"""Callbacks: stop cleanly on Ctrl-C/SIGTERM; the final checkpoint is RunCheckpoints' (run_checkpoints.py)."""
+"""Callbacks: stop cleanly on Ctrl-C/SIGTERM (the final checkpoint is RunCheckpoints', run_checkpoints.py); the
+plugin that synchronises BatchNorm across CPU processes."""
 from __future__ import annotations
 
 import signal
@@ -6,8 +7,10 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.plugins.layer_sync import LayerSync
 
 from ..core.distributed import max_over_processes
+from ..core.sync_batchnorm import convert_gathered_batchnorm, revert_gathered_batchnorm
 
 
 class GracefulStop(pl.Callback):
@@ -68,3 +71,16 @@ class GracefulStop(pl.Callback):
             if signal.getsignal(s) == self._handle:  # not when Lightning already put back what it found
                 signal.signal(s, handler)
         self._previous = {}
+
+
+class GatheredSyncBatchNorm(LayerSync):
+    """Lightning's layer-sync plugin for CPU processes: what `Trainer(sync_batchnorm=True)` does on GPUs, with
+    `core.sync_batchnorm.GatheredBatchNorm` in place of torch's CUDA-only SyncBatchNorm. `autossl pretrain` uses it
+    for `trainer.sync_batchnorm=true` on CPU; with a plain Trainer: `Trainer(plugins=[GatheredSyncBatchNorm()])`
+    (and `sync_batchnorm` left False: Lightning refuses both)."""
+
+    def apply(self, model: torch.nn.Module) -> torch.nn.Module:
+        return convert_gathered_batchnorm(model)
+
+    def revert(self, model: torch.nn.Module) -> torch.nn.Module:
+        return revert_gathered_batchnorm(model)
