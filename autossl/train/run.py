@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+from pytorch_lightning.utilities import rank_zero_only
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import Subset
@@ -16,7 +17,8 @@ from ..data import Augment, make_dataloader, make_eval_loader
 from ..data.datasets import build_dataset, check_same_classes, default_image_size
 from ..data.views import preset_for
 from ..methods import get_method
-from .callbacks import GracefulStop
+from .budget import TimeBudget
+from .callbacks import GatheredSyncBatchNorm, GracefulStop
 from .checkpoint import AtomicCheckpointIO, check_writable
 from .figures import ReconstructionFigure
 from .run_checkpoints import RunCheckpoints, resume_checkpoint
@@ -109,13 +111,20 @@ def build_trainer(cfg: DictConfig, ckpt_dir: Path, callbacks: list | None = None
     precision = str(t.precision)
     if precision == "16-mixed" and not torch.cuda.is_available():
         raise ValueError("trainer.precision=16-mixed needs a GPU; on CPU use bf16-mixed or 32")
-    max_steps = int(t.max_steps)
+    # torch's SyncBatchNorm runs on CUDA only: on CPU processes the same statistics come from GatheredBatchNorm
+    cpu_sync = bool(t.sync_batchnorm) and (str(t.accelerator) == "cpu" or not torch.cuda.is_available())
+    layer_sync = [GatheredSyncBatchNorm()] if cpu_sync else []
+    max_steps, max_epochs = int(t.max_steps), int(t.max_epochs)
     if t.view_budget:  # equal compute across num_views: fewer steps when each image gives more views
         max_steps = max(1, -(-int(t.view_budget) // (int(cfg.data.batch_size) * int(cfg.data.num_views))))
-    return pl.Trainer(max_epochs=-1 if t.view_budget else int(t.max_epochs), max_steps=max_steps, precision=precision,
+        max_epochs = -1
+    if t.get("budget_minutes"):  # wall time decides: steps and epochs unbounded, TimeBudget stops the run
+        cbs.append(TimeBudget(float(t.budget_minutes)))
+        max_steps, max_epochs = -1, -1
+    return pl.Trainer(max_epochs=max_epochs, max_steps=max_steps, precision=precision,
                       accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, num_nodes=int(t.num_nodes),
-                      sync_batchnorm=bool(t.sync_batchnorm), logger=loggers or False,
-                      callbacks=cbs, plugins=[AtomicCheckpointIO()] + (plugins or []), log_every_n_steps=int(t.log_every_n_steps),
+                      sync_batchnorm=bool(t.sync_batchnorm) and not cpu_sync, logger=loggers or False,
+                      callbacks=cbs, plugins=[AtomicCheckpointIO()] + layer_sync + (plugins or []), log_every_n_steps=int(t.log_every_n_steps),
                       check_val_every_n_epoch=int(t.check_val_every_n_epoch), enable_progress_bar=bool(t.progress_bar),
                       default_root_dir=str(log_dir), num_sanity_val_steps=0)
 
@@ -124,9 +133,8 @@ def pretrain(cfg: DictConfig, callbacks: list | None = None, plugins: list | Non
     """Train one experiment. Writes <checkpoint.dir>/<name>/{config.yaml,last.ckpt,...}. Returns a summary.
     `callbacks` and `plugins` are added to the Trainer's (`autossl launch` adds its SLURM ones)."""
     t = cfg.trainer
-    if t.sync_batchnorm and (str(t.accelerator) == "cpu" or not torch.cuda.is_available()):  # before any work
-        raise ValueError("trainer.sync_batchnorm=true needs GPUs (torch's SyncBatchNorm runs on CUDA only); on CPU "
-                         "leave it false: each process then normalises its own batch")
+    if t.get("budget_minutes") and t.view_budget:
+        raise ValueError("trainer.budget_minutes and trainer.view_budget both set the run's length; set one of them")
     ckpt_dir = check_writable(run_dir(cfg))
     check_writable(Path(cfg.logging.dir) / str(cfg.name))
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
@@ -140,6 +148,7 @@ def pretrain(cfg: DictConfig, callbacks: list | None = None, plugins: list | Non
             raise FileNotFoundError(f"resume=true but {last} does not exist (nor an intact step checkpoint); "
                                     f"run without resume=true first")
         ckpt_path = str(found)
+        _say(f"resuming {cfg.name} from {found}")
     _write_config(cfg, ckpt_dir)
     trainer = build_trainer(cfg, ckpt_dir, callbacks, plugins)
     start = time.time()
@@ -150,6 +159,11 @@ def pretrain(cfg: DictConfig, callbacks: list | None = None, plugins: list | Non
                "checkpoint": str(last), "interrupted": any(getattr(c, "received", None) for c in trainer.callbacks)}
     atomic_write_text(ckpt_dir / "summary.json", json.dumps(summary, indent=2))
     return summary
+
+
+@rank_zero_only
+def _say(text: str) -> None:
+    print(text, flush=True)
 
 
 def _write_config(cfg: DictConfig, folder: Path) -> None:

@@ -90,6 +90,7 @@ SCHEMA: dict[str, Rule] = {
     "optimizer.weight_decay": number(0, nullable=True), "optimizer.momentum": number(0, 1, hi_open=True),
     "optimizer.scale_lr": boolean(), "optimizer.warmup_epochs": number(0), "optimizer.min_lr": number(0),
     "trainer.max_epochs": integer(-1), "trainer.max_steps": integer(-1), "trainer.view_budget": integer(1, nullable=True),
+    "trainer.budget_minutes": number(0, lo_open=True, nullable=True),
     "trainer.precision": choice("32", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "64"),
     "trainer.accelerator": choice("auto", "cpu", "gpu", "cuda", "mps", "tpu"),
     "trainer.devices": Rule("a positive integer, a list of device ids, -1 or 'auto'",
