@@ -18,8 +18,9 @@ install: $(BIN)/.installed
 demo: $(BIN)/.installed
 	$(BIN)/autossl demo
 
+# one worker per core (tests run one torch thread each); a test file stays on one worker, in order
 test: $(BIN)/.installed
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist loadfile
 
 clean:
 	rm -rf $(VENV) runs checkpoints

@@ -31,7 +31,7 @@ class SlowSteps(pl.Callback):
 def _train(digits, tmp_path, slow: float):
     pl.seed_everything(0, verbose=False)
     model = SimCLR(**TINY, optimizer="adamw", lr=1e-3, scale_lr=False, warmup_steps=0)
-    budget = TimeBudget(BUDGET_S / 60, measure_steps=3, replan_every=3)
+    budget = TimeBudget(BUDGET_S / 60, measure_steps=2, replan_every=2)
     trainer = quiet_trainer(tmp_path, max_steps=-1, max_epochs=-1, callbacks=[SlowSteps(slow), budget])
     loader = make_dataloader(digits, batch_size=16, image_size=16, preset="mnist", num_workers=0, seed=0)
     start = time.monotonic()
@@ -45,11 +45,14 @@ def test_the_budget_ends_the_run_and_its_lr_schedule_on_a_fast_and_a_slow_machin
         assert budget.stopped_by_budget, slow
         assert BUDGET_S <= budget.spent() < BUDGET_S + 2.5, (slow, budget.spent())  # at most a step or two over
         assert wall < BUDGET_S + 30, wall  # start-up included
-        lr = trainer.optimizers[0].param_groups[0]["lr"]
-        # the cosine was laid out over the budget: it ends near 0, where the provisional plan (10**6 steps) would
-        # leave the LR at its 1e-3 peak
-        assert lr < 0.25e-3, (slow, lr, trainer.global_step, budget.planned)
-        assert abs(budget.planned - trainer.global_step) <= max(3, 0.3 * trainer.global_step), (slow, budget.planned)
+        # the cosine was laid out over the budget: the schedule's LR at the last step is near 0, where the provisional
+        # plan (10**6 steps) would leave it at its 1e-3 peak (read from the schedule, not the optimiser, whose LR is
+        # the one set after the step before: on a loaded machine only a few steps fit in the budget)
+        sched = trainer.lr_scheduler_configs[0].scheduler
+        assert sched.t_initial == budget.planned - sched.warmup_t
+        lr = sched._get_lr(trainer.global_step - 1)[0]
+        assert lr < 0.3e-3, (slow, lr, trainer.global_step, budget.planned)
+        assert abs(budget.planned - trainer.global_step) <= max(2, 0.3 * trainer.global_step), (slow, budget.planned)
     fast, slow = runs[0.0][0].global_step, runs[0.15][0].global_step
     assert slow < fast, (fast, slow)  # fewer steps bought on the slower machine, each schedule still complete
 
