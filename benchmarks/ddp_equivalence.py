@@ -82,7 +82,6 @@ NOTES = {
                "solo-learn)",
     "wmse": "by design: each process whitens its own sub-batches (as the reference, solo-learn, lightly); one "
             "process slices 16 at random into 2 sub-batches of 8",
-    "empssl": "by design (docstring): the coding rate is that of each process's batch",
     "dclw": "by design: the vMF weights are a softmax over each process's batch (as lightly, the reference)",
     "vibcreg": "IterNorm in the projector whitens each process's batch (not a BatchNorm: SyncBatchNorm leaves it)",
     "deepclusterv2": "first epoch: loss 0 (the bank fills); then equal",

@@ -24,6 +24,7 @@ all-reduces (`grep -n "gather\\|all_reduce" autossl/losses autossl/heads autossl
   batch, and the global generator stays the same on every process;
 - `trainer.sync_batchnorm` on CPU (GatheredBatchNorm): the global batch's statistics, running statistics and
   gradient;
+- EMP-SSL: the coding rate of the global batch (the reference's DataParallel computes it on the gathered outputs);
 - W-MSE: nothing is gathered by design (as the reference and solo-learn: each process whitens its own
   sub-batches), so 2 processes equal 1 process whose sub-batches are the processes' halves.
 
@@ -33,7 +34,7 @@ gradient of a shared parameter (prototypes), averaged over the processes, equals
 gathered state (center, queue, covariance, centroids) is the single-process state on every process, a per-row
 output (Sinkhorn codes, k-means assignments) is the single-process rows of that process. One spawn runs every
 case (process start-up dominates the cost). Not here: LeJEPA (tests/test_zoo_lejepa.py runs its own 2-process
-test); per process by design (as their references): DINOv2's KoLeo, EMP-SSL's coding rate, All4One's feature term
+test); per process by design (as their references): DINOv2's KoLeo, All4One's feature term
 (its InfoNCE terms and support set are those of MoCo v3 and NNCLR above); see benchmarks/ddp_equivalence.py.
 """
 from __future__ import annotations
@@ -53,7 +54,7 @@ from autossl.core.distributed import world_size
 from autossl.core.sync_batchnorm import GatheredBatchNorm
 from autossl.heads import FeatureQueue, SupportSet
 from autossl.heads.smog import SMoGGroups
-from autossl.losses import (dcl_loss, dclw_loss, dino_loss, ibot_patch_loss, infonce_loss, mean_over_cross_views,
+from autossl.losses import (dcl_loss, dclw_loss, dino_loss, emp_ssl_loss, ibot_patch_loss, infonce_loss, mean_over_cross_views,
                             mmcr_loss, msn_loss, negative_cosine_loss, nt_xent_loss, pmsn_loss, ressl_loss, sinkhorn,
                             smog_loss, supcon_loss, swav_loss, tico_loss, update_center, vibcreg_loss, wmse_loss)
 from autossl.backbones.masking import random_token_mask
@@ -110,6 +111,8 @@ def _inputs(name: str) -> tuple[dict, dict]:
         return {"z": _randn(g, N, D), "zp": _randn(g, N, D), "t": _randn(g, N, D)}, {}
     if name == "wmse":
         return {"z0": _randn(g, N, 4), "z1": _randn(g, N, 4), "z2": _randn(g, N, 4)}, {}
+    if name == "empssl":  # 4 views
+        return {f"z{i}": _unit(g, N, D) for i in range(4)}, {}
     if name == "masks":  # nothing but the row count: the masks come from the global generator
         return {"rows": torch.zeros(N, 1)}, {}
     if name == "gathered_bn":  # [N, D, 3] activations, per-row loss weights
@@ -193,6 +196,8 @@ def _case(name: str, b: dict, s: dict) -> tuple[torch.Tensor | None, dict]:
         return loss, {"groups": ("global", groups.features.clone())}
     if name == "wmse":  # sub-batches of PER_RANK: on 2 processes, each process's whole batch
         return wmse_loss([b["z0"], b["z1"], b["z2"]], w_size=PER_RANK), {}
+    if name == "empssl":  # the coding rate of the global batch, as the reference's DataParallel computes it
+        return emp_ssl_loss([b[f"z{i}"] for i in range(4)]), {}
     if name == "masks":  # MAE/SimMIM/FCMAE/MSN and iBOT/DINOv2 masks: each process its rows of the global batch's
         torch.manual_seed(0)
         n = len(b["rows"])
@@ -223,7 +228,7 @@ def _case(name: str, b: dict, s: dict) -> tuple[torch.Tensor | None, dict]:
 
 CASES = ["sinkhorn", "swav", "swav_queue", "dino", "ibot_patch", "mocov3", "moco_queue", "ressl", "nnclr", "nnbyol",
          "msn", "pmsn", "dcl", "dclw", "supcon", "tico", "mmcr", "vibcreg", "kmeans", "smog", "wmse", "gathered_bn",
-         "swav_state", "deepcluster_state", "masks"]
+         "swav_state", "deepcluster_state", "masks", "empssl"]
 
 
 @contextlib.contextmanager
@@ -340,7 +345,7 @@ def test_the_gathering_matters(ranks):
     """Guards against a gather that silently does nothing: each case's loss on one process's rows alone differs
     from the same rows' share in the 2-process run (for the gathering cases), and W-MSE whitening the whole global
     batch at once differs from its per-process whitening (what 2 processes do by design)."""
-    for name in ("swav", "mocov3", "msn", "dcl", "supcon", "tico", "mmcr", "vibcreg"):  # DINO: the center below
+    for name in ("swav", "mocov3", "msn", "dcl", "supcon", "tico", "mmcr", "vibcreg", "empssl"):  # DINO: the center below
         alone = _run(name, slice(0, PER_RANK))["loss"]  # one process, no process group: nothing gathered
         assert abs(alone.item() - ranks[0][name]["loss"].item()) > 1e-4, name
     dino_alone = _run("dino", slice(0, PER_RANK))["state"]["center"][1]

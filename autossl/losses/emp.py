@@ -17,9 +17,10 @@ collapse; our invariance term equals lightly's `invariance_loss` and our coding 
 `tcr_loss` (tests/test_zoo_redundancy.py).
 
 The embeddings should be L2-normalised (the reference's encoder normalises; methods/empssl.py does).
-logdet runs in float32 outside autocast. Under DDP R is that of each process's batch, as in the
-reference (which uses DataParallel); the coding rate of a batch is not a sum over samples, so it is not
-gathered here.
+logdet runs in float32 outside autocast. Under DDP the coding rate is that of the global batch (each view's
+embeddings gathered with autograd), as in the reference, which trains with DataParallel and so computes the loss on
+the outputs gathered from every device; a coding rate is not a sum over samples, so a per-process one would be a
+different objective. The invariance term is a mean over samples: each process's, averaged by DDP.
 """
 from __future__ import annotations
 
@@ -27,6 +28,8 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
+
+from ..core.distributed import gather, world_size
 
 
 def coding_rate(z: torch.Tensor, eps: float = 0.2) -> torch.Tensor:
@@ -42,13 +45,16 @@ def patch_invariance(z: torch.Tensor) -> torch.Tensor:
     return F.cosine_similarity(z, z.mean(dim=0, keepdim=True), dim=-1).mean()
 
 
-def emp_ssl_loss(z_views: Sequence[torch.Tensor], tcr_eps: float = 0.2, inv_coef: float = 200.0) -> torch.Tensor:
-    """EMP-SSL loss of V views [B, D]: -mean_v R(Z_v) - inv_coef * mean cos(z, view mean)."""
+def emp_ssl_loss(z_views: Sequence[torch.Tensor], tcr_eps: float = 0.2, inv_coef: float = 200.0,
+                 gather_distributed: bool = True) -> torch.Tensor:
+    """EMP-SSL loss of V views [B, D]: -mean_v R(Z_v) - inv_coef * mean cos(z, view mean); under DDP (with
+    `gather_distributed`) R is the global batch's."""
     if len(z_views) < 2:
         raise ValueError(f"emp_ssl_loss needs at least 2 views, got {len(z_views)}")
     with torch.autocast(z_views[0].device.type, enabled=False):
         z = torch.stack([v.float() for v in z_views])
-        return -coding_rate(z, tcr_eps).mean() - inv_coef * patch_invariance(z)
+        z_all = torch.stack([gather(v) for v in z]) if gather_distributed and world_size() > 1 else z
+        return -coding_rate(z_all, tcr_eps).mean() - inv_coef * patch_invariance(z)
 
 
 __all__ = ["emp_ssl_loss", "coding_rate", "patch_invariance"]
