@@ -268,8 +268,9 @@ def run_model(args, name: str, train_ds, test_ds, train_sub) -> dict:
         method = build_method(args, name, 1)
         state = torch.load(Path(args.load_dir) / f"{name}.pt", map_location="cpu")
         if any(k.startswith("backbone.") for k in state):  # the whole method (encoder + decoder)
-            # files saved before the backbone was held once also hold it as `_encoder.*`: the same tensors
-            method.load_state_dict({k: v for k, v in state.items() if not k.startswith("_encoder.")})
+            # files saved before the backbone was held once also hold it as `_encoder.*` (the same tensors); the
+            # online probe (sized from the labels while pretraining) is not part of the model fine-tuned here
+            method.load_state_dict({k: v for k, v in state.items() if not k.startswith(("_encoder.", "probe."))})
             rec["figure"] = reconstruction_figure(args, name, method, test_ds,
                                                   f"{name} ({MODELS[name]['backbone']}), loaded from {args.load_dir}")
         else:  # the backbone only
