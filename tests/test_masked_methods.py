@@ -128,3 +128,22 @@ def test_resume_continues_from_the_checkpoint_weights(tmp_path, mnist_arrays):
     for k, v in first.decoder.state_dict().items():
         assert torch.equal(seen.decoder[k], v), k
     assert not torch.equal(resumed.decoder.pred.weight, first.decoder.pred.weight)  # and it trained on
+
+
+def test_fcmae_decoder_init_the_reference_way_or_small():
+    """The reference's decoder init (every conv at std 1) starts the norm-pix loss far above MAE's ~1; with
+    decoder_init_std=0.02 it starts near 1 (norm-pix targets have unit variance, the predictions ~0)."""
+    from autossl.data.batch import make_batch
+
+    batch = unpack_batch(make_batch([torch.rand(16, 3, 32, 32, generator=torch.Generator().manual_seed(0))],
+                                    torch.zeros(16, dtype=torch.long)))
+    losses = {}
+    for std in (None, 0.02):
+        torch.manual_seed(0)
+        model = FCMAE(backbone="convnextv2_atto", num_views=1, image_size=32, decoder_init_std=std)
+        convs = [m.weight for m in model.decoder.modules() if isinstance(m, torch.nn.Conv2d)]
+        want = 0.88 * (std or 1.0)  # a normal truncated at 2 sigma has 0.88 sigma
+        assert abs(float(torch.cat([w.flatten() for w in convs]).std()) - want) < 0.1 * want
+        with torch.no_grad():
+            losses[std] = float(model.step(batch)["loss"])
+    assert losses[None] > 5 and 0.8 < losses[0.02] < 1.3, losses

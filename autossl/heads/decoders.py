@@ -56,8 +56,10 @@ class FCMAEDecoder(nn.Module):
     (p, q, c) order (see `autossl.losses.reconstruction.pred_map_to_patches`).
     """
 
-    def __init__(self, in_dim: int, patch_size: int, out_chans: int = 3, decoder_dim: int = 512, depth: int = 1) -> None:
+    def __init__(self, in_dim: int, patch_size: int, out_chans: int = 3, decoder_dim: int = 512, depth: int = 1,
+                 init_std: float | None = None) -> None:
         super().__init__()
+        self.init_std = init_std  # None: the reference's std 1.0 for every conv
         self.patch_size = int(patch_size)
         self.out_chans = int(out_chans)
         self.proj = nn.Conv2d(in_dim, decoder_dim, kernel_size=1)
@@ -68,13 +70,16 @@ class FCMAEDecoder(nn.Module):
         self.apply(self._init_weights)
         nn.init.normal_(self.mask_token, std=0.02)  # FCMAE._init_weights
 
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
+    def _init_weights(self, m: nn.Module) -> None:
         # Copied from FCMAE._init_weights: every Conv2d (proj, pred and the blocks' depthwise convs) gets
         # trunc_normal_ with its default std=1 (a=-2, b=2) and zero bias; LayerNorm 1/0; Linear layers keep
-        # PyTorch's default init (FCMAE has no nn.Linear branch).
+        # PyTorch's default init (FCMAE has no nn.Linear branch). At std 1 the first norm-pix loss is ~17 (MAE's
+        # ~1): `init_std` (e.g. 0.02) starts near 1, for short runs (docs/masked_modelling.md).
         if isinstance(m, nn.Conv2d):
-            nn.init.trunc_normal_(m.weight)
+            if self.init_std is None:
+                nn.init.trunc_normal_(m.weight)
+            else:
+                nn.init.trunc_normal_(m.weight, std=self.init_std, a=-2 * self.init_std, b=2 * self.init_std)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
         elif isinstance(m, nn.LayerNorm):

@@ -20,7 +20,7 @@ class FCMAE(SSLMethod):
     name = "fcmae"
     min_views = 1
     defaults = dict(optimizer="adamw", lr=1.5e-4, weight_decay=0.05, betas=(0.9, 0.95), mask_ratio=0.6,
-                    norm_pix_loss=True, decoder_dim=512, decoder_depth=1)
+                    norm_pix_loss=True, decoder_dim=512, decoder_depth=1, decoder_init_std=None)
 
     def build_heads(self):
         if not isinstance(getattr(self.backbone.model, "stages", None), torch.nn.Sequential):
@@ -30,8 +30,9 @@ class FCMAE(SSLMethod):
         # unused-parameter check passes; fine-tuning trains it.
         self.backbone.model.head.requires_grad_(False)
         enc = self.encoder
+        # decoder_init_std None: the reference's conv init (std 1); 0.02 starts the loss near 1 (short runs)
         self.decoder = FCMAEDecoder(enc.num_features, enc.stride, self.hparams.in_chans, self.cfg["decoder_dim"],
-                                    self.cfg["decoder_depth"])
+                                    self.cfg["decoder_depth"], init_std=self.cfg["decoder_init_std"])
         # compile=True compiles the masked forward (a function attribute, so no second copy of the
         # backbone enters the state dict): its mask multiplies and GRN fuse, 1.4x per step on this CPU
         self._encode_masked = self.compiled(enc.forward)
