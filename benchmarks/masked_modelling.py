@@ -69,6 +69,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--pretrain-weight-decay", type=float, default=0.05)
     p.add_argument("--warmup-fraction", type=float, default=0.05, help="pretraining LR warm-up, fraction of the steps")
     p.add_argument("--fcmae-mask-ratio", type=float, default=0.6)
+    p.add_argument("--fcmae-decoder-init-std", type=float, default=None,
+                   help="FCMAE decoder conv init std (default: the reference's 1.0; 0.02 starts the loss near 1)")
     p.add_argument("--mae-mask-ratio", type=float, default=0.75)
     p.add_argument("--crop-scale", type=float, nargs=2, default=(0.2, 1.0), help="pretraining random-resized-crop scale")
     # fine-tuning: one setting, used for both arms (pretrained and random init) of a model
@@ -126,6 +128,8 @@ class Meter(pl.Callback):
 def build_method(args, name: str, max_steps: int) -> pl.LightningModule:
     m = MODELS[name]
     kwargs = dict(m["kwargs"], mask_ratio=args.fcmae_mask_ratio if name == "fcmae" else args.mae_mask_ratio)
+    if name == "fcmae":
+        kwargs["decoder_init_std"] = args.fcmae_decoder_init_std
     pl.seed_everything(args.seed, verbose=False)
     return m["cls"](backbone=m["backbone"], image_size=32, num_views=1, lr=args.pretrain_lr,
                     weight_decay=args.pretrain_weight_decay, warmup_steps=max(1, round(args.warmup_fraction * max_steps)),
