@@ -84,7 +84,6 @@ NOTES = {
             "process slices 16 at random into 2 sub-batches of 8",
     "dclw": "by design: the vMF weights are a softmax over each process's batch (as lightly, the reference)",
     "vibcreg": "IterNorm in the projector whitens each process's batch (not a BatchNorm: SyncBatchNorm leaves it)",
-    "deepclusterv2": "first epoch: loss 0 (the bank fills); then equal",
 }
 # Differences that are float32 rounding, amplified over the steps: equal to ~1e-9 with --precision 64-true
 # (measured on byol, simclr, mocov3, nnsiam, whose float32 runs drift by 1e-4 to 5e-3 after step 3).
