@@ -13,8 +13,9 @@ from contextlib import contextmanager
 from typing import Iterator
 
 import torch
-import torch.distributed as dist
 from torch.utils.data import DistributedSampler
+
+from ..core.distributed import rank, world_size
 
 _MIX = 0x9E3779B97F4A7C15  # the golden-ratio constant of splitmix64: spreads nearby seeds apart
 
@@ -65,21 +66,14 @@ class SeededSampler(DistributedSampler):
         self.epoch, self.start = epoch + 1, 0
         order = (torch.randperm(self.length, generator=torch.Generator().manual_seed(sample_seed(self.seed, epoch, -1)))
                  if self.shuffle else torch.arange(self.length)).tolist()
-        world, rank = _world()
+        world = world_size()
         if world > 1:
             order = order + order[: (-self.length) % world]  # every process the same number of samples
-            order = order[start:][rank::world]
+            order = order[start:][rank()::world]
         else:
             order = order[start:]
         for i in order:
             yield i, sample_seed(self.seed, epoch, i)
 
     def __len__(self) -> int:
-        world, _ = _world()
-        return -(-self.length // world)
-
-
-def _world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size(), dist.get_rank()
-    return 1, 0
+        return -(-self.length // world_size())
