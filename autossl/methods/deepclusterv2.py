@@ -43,21 +43,19 @@ from .base import SSLMethod
 
 @torch.no_grad()
 def spherical_kmeans(x: torch.Tensor, k: int, iters: int = 10, generator: torch.Generator | None = None,
-                     init: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                     init_from: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(centroids [k, D] unit-norm, assignments [N]) of k-means on the unit sphere of `x` [N, D] (unit rows):
     solo-learn's `KMeans.cluster_memory` (E step by the largest dot product, M step the normalised mean, an
-    empty cluster keeps its centroid; iters M steps, then a last E step). The initial centroids are `init`, or
-    k random rows of `x` (rank 0's, broadcast under DDP). Under DDP `x` is this process's share of the rows and
-    each M step's sums and counts are all-reduced."""
-    if init is None and len(x) < k:
-        raise ValueError(f"k-means needs at least k={k} embeddings in the memory bank, it has {len(x)}")
+    empty cluster keeps its centroid; iters M steps, then a last E step). The initial centroids are k random rows
+    of `init_from` (the same rows on every process), or of `x` (rank 0's, broadcast under DDP). Under DDP `x` is
+    this process's share of the rows and each M step's sums and counts are all-reduced."""
+    pool = x if init_from is None else init_from
+    if len(pool) < k:
+        raise ValueError(f"k-means needs at least k={k} embeddings in the memory bank, it has {len(pool)}")
     x = x.float()
-    if init is not None:
-        centroids = init.float().clone()
-    else:
-        centroids = x[torch.randperm(len(x), generator=generator)[:k].to(x.device)].clone()
-        if world_size() > 1:
-            dist.broadcast(centroids, 0)
+    centroids = pool[torch.randperm(len(pool), generator=generator)[:k].to(pool.device)].float().clone()
+    if init_from is None and world_size() > 1:
+        dist.broadcast(centroids, 0)
     for it in range(iters + 1):
         assign = (x @ centroids.T).argmax(dim=1)
         if it == iters:
@@ -119,11 +117,8 @@ class DeepClusterV2(SSLMethod):
         for h in range(self.num_heads):
             k = self.prototypes(h).shape[0]
             bank = self.memory[h % self.memory.shape[0], :n]
-            if n < k:
-                raise ValueError(f"k-means needs at least k={k} embeddings in the memory bank, it has {n}")
-            init = bank[torch.randperm(n, generator=g)[:k].to(bank.device)]
             centroids, _ = spherical_kmeans(bank.tensor_split(world_size())[rank()], k, self.cfg["kmeans_iters"],
-                                            init=init)
+                                            generator=g, init_from=bank)
             self.prototypes(h).copy_(centroids.to(self.prototypes(h).dtype))
         self.clustered.fill_(True)
 
