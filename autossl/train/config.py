@@ -131,6 +131,8 @@ def validate(cfg: DictConfig, known: set[str] | None = None) -> DictConfig:
                           f"{did_you_mean(str(cfg.data.dataset), DATASETS)}")
     if cfg.data.dataset == "folder" and not cfg.data.path:
         raise ConfigError("data.dataset=folder needs data.path=/path/to/images")
+    if cfg.trainer.budget_minutes and cfg.trainer.view_budget:
+        raise ConfigError("trainer.budget_minutes and trainer.view_budget both set the run's length; set one of them")
     if int(cfg.data.num_views) < method.min_views:
         raise ConfigError(f"data.num_views={cfg.data.num_views} is too few for {cfg.method}: it needs at least {method.min_views}")
     allowed = set(method.defaults) | _init_args()

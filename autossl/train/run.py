@@ -118,7 +118,7 @@ def build_trainer(cfg: DictConfig, ckpt_dir: Path, callbacks: list | None = None
     if t.view_budget:  # equal compute across num_views: fewer steps when each image gives more views
         max_steps = max(1, -(-int(t.view_budget) // (int(cfg.data.batch_size) * int(cfg.data.num_views))))
         max_epochs = -1
-    if t.get("budget_minutes"):  # wall time decides: steps and epochs unbounded, TimeBudget stops the run
+    if t.budget_minutes:  # wall time decides: steps and epochs unbounded, TimeBudget stops the run
         cbs.append(TimeBudget(float(t.budget_minutes)))
         max_steps, max_epochs = -1, -1
     return pl.Trainer(max_epochs=max_epochs, max_steps=max_steps, precision=precision,
@@ -132,9 +132,6 @@ def build_trainer(cfg: DictConfig, ckpt_dir: Path, callbacks: list | None = None
 def pretrain(cfg: DictConfig, callbacks: list | None = None, plugins: list | None = None) -> dict:
     """Train one experiment. Writes <checkpoint.dir>/<name>/{config.yaml,last.ckpt,...}. Returns a summary.
     `callbacks` and `plugins` are added to the Trainer's (`autossl launch` adds its SLURM ones)."""
-    t = cfg.trainer
-    if t.get("budget_minutes") and t.view_budget:
-        raise ValueError("trainer.budget_minutes and trainer.view_budget both set the run's length; set one of them")
     ckpt_dir = check_writable(run_dir(cfg))
     check_writable(Path(cfg.logging.dir) / str(cfg.name))
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
