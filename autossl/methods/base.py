@@ -21,7 +21,6 @@ from typing import Any, Sequence
 import pytorch_lightning as pl
 import torch
 import torch.nn as nn
-from torch.utils.data import DistributedSampler
 from pytorch_lightning.utilities import rank_zero_warn
 
 from ..backbones import create_backbone
@@ -29,7 +28,7 @@ from ..backbones.registry import SMALL_IMAGE
 from ..data.batch import Batch, unpack_batch
 from ..heads import projection_head
 from ..optim import build_optimizer, build_scheduler, decay_groups, layer_decay_groups, scaled_lr
-from .fit_data import fit_loader, rng_state, seeded_sampler, set_rng_state
+from .fit_data import fit_loader, rng_state, seeded_sampler, set_rng_state, steps_per_epoch
 from .guard import NonFiniteGuard, check_checkpoint, stop_message
 from .momentum import cosine_tau, ema_update, momentum_copy
 from .monitors import OnlineKNN, OnlineProbe
@@ -321,25 +320,13 @@ class SSLMethod(pl.LightningModule):
         if not hasattr(self, "_total_steps_cache"):
             t = self.trainer
             max_steps = t.max_steps if t.max_steps and t.max_steps > 0 else 0
-            by_epochs = self._steps_per_epoch() * (t.max_epochs or 0)
+            by_epochs = steps_per_epoch(t) * (t.max_epochs or 0)
             candidates = [n for n in (max_steps, by_epochs) if n > 0]
             if not candidates:
                 raise ValueError("cannot lay out the LR and momentum schedules: the training loader has no length and "
                                  "no step limit is set; pass max_steps to the Trainer (trainer.max_steps)")
             self._total_steps_cache = min(candidates)
         return self._total_steps_cache
-
-    def _steps_per_epoch(self) -> int:
-        """Optimiser steps in an epoch of this process (0: a loader without length)."""
-        t = self.trainer
-        loader = fit_loader(t)
-        try:  # a DistributedSampler (autossl's SeededSampler is one) has this process's length already;
-            # Lightning splits any other sampler's epoch over the processes
-            per_rank = isinstance(getattr(loader, "sampler", None), DistributedSampler)
-            batches = len(loader) // (1 if per_rank else max(1, t.world_size))
-        except TypeError:  # an iterable without length
-            return 0
-        return batches // max(1, t.accumulate_grad_batches)
 
     def set_schedule_length(self, steps: int) -> None:
         """Lay the LR and momentum schedules out over `steps` optimiser steps from now on (a time budget re-plans
@@ -364,10 +351,10 @@ class SSLMethod(pl.LightningModule):
         opt = build_optimizer(c["optimizer"], groups, lr, c["weight_decay"], c["sgd_momentum"],
                               betas=tuple(c.get("betas") or (0.9, 0.999)))
         total = self._total_steps()
-        steps_per_epoch = 1
+        per_epoch = 1
         if self._trainer:  # the loader's epoch, else the run's steps over its epochs
-            steps_per_epoch = self._steps_per_epoch() or max(1, total // max(1, self.trainer.max_epochs or 1))
-        warmup = c.get("warmup_steps") or int(c["warmup_epochs"] * steps_per_epoch)
+            per_epoch = steps_per_epoch(self.trainer) or max(1, total // max(1, self.trainer.max_epochs or 1))
+        warmup = c.get("warmup_steps") or int(c["warmup_epochs"] * per_epoch)
         sched = build_scheduler(opt, total, warmup, c["min_lr"])
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 

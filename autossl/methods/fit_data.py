@@ -1,5 +1,6 @@
-"""What a method needs from the training run beyond its weights: the loader given to `fit()`, the data
-position and the random state, so that a run resumed after any step continues bit for bit.
+"""What a method needs from the training run beyond its weights: the loader given to `fit()` (and its epoch
+length in optimiser steps), the data position and the random state, so that a run resumed after any step
+continues bit for bit.
 
 Lightning exposes `trainer.train_dataloader` only once the fit loop has set up its data, which is after
 `setup()` (where the online probe is sized from the dataset's classes, so that DDP wraps it) and, on resume,
@@ -15,6 +16,7 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from torch.utils.data import DistributedSampler
 
 
 def fit_loader(trainer: pl.Trainer | None) -> Any:
@@ -25,6 +27,18 @@ def fit_loader(trainer: pl.Trainer | None) -> Any:
         return trainer.fit_loop._data_source.dataloader()
     except Exception:  # no fit in progress, or a datamodule without a train loader yet
         return None
+
+
+def steps_per_epoch(trainer: pl.Trainer) -> int:
+    """Optimiser steps in an epoch of this process (0: a loader without length)."""
+    loader = fit_loader(trainer)
+    try:  # a DistributedSampler (autossl's SeededSampler is one) has this process's length already;
+        # Lightning splits any other sampler's epoch over the processes
+        per_rank = isinstance(getattr(loader, "sampler", None), DistributedSampler)
+        batches = len(loader) // (1 if per_rank else max(1, trainer.world_size))
+    except TypeError:  # an iterable without length
+        return 0
+    return batches // max(1, trainer.accumulate_grad_batches)
 
 
 def seeded_sampler(trainer: pl.Trainer | None) -> Any:
