@@ -44,31 +44,17 @@ import torch
 
 from autossl.core.sync_batchnorm import convert_gathered_batchnorm
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from method_settings import SPECIAL as TEST_SPECIAL, split_settings  # noqa: E402  (the tests' tiny settings)
+
 GLOBAL_BATCH, WORLD, IMAGE = 16, 2, 16
-VIT = dict(backbone="vit_tiny", backbone_kwargs={"depth": 1}, proj_hidden_dim=32, proj_output_dim=16)
-MULTI_CROP = dict(num_views=2, num_local=2, local_size=8)
 TINY = dict(backbone="resnet18", image_size=IMAGE, proj_hidden_dim=32, proj_output_dim=16, pred_hidden_dim=32)
-# A method's settings beyond TINY (those of tests/test_method_resume.py, with queues sized for 16 images a step).
-# `epoch_steps`: steps per epoch (default: the whole run is one epoch).
-SPECIAL: dict[str, dict] = {
-    "moco": dict(memory_bank=True, queue_size=48),
-    "nnclr": dict(queue_size=48), "nnbyol": dict(queue_size=48), "nnsiam": dict(queue_size=48),
-    "ressl": dict(queue_size=48),
-    "wmse": dict(proj_output_dim=4, w_size=8),
-    "fastsiam": dict(num_views=4), "mmcr": dict(num_views=4), "empssl": dict(num_views=4),
-    "deepclusterv2": dict(num_prototypes=8, prototype_heads=2, memory_size=32, kmeans_iters=2, epoch_steps=2),
-    "swav": dict(num_prototypes=32, queue_size=32, queue_start_epoch=0, freeze_prototypes_steps=1, **MULTI_CROP),
-    "dino": dict(num_prototypes=32, **MULTI_CROP),
-    "ibot": dict(VIT, num_prototypes=32, **MULTI_CROP),
-    "dinov2": dict(VIT, num_prototypes=32, **MULTI_CROP),
-    "msn": dict(VIT, num_prototypes=32, **MULTI_CROP),
-    "pmsn": dict(VIT, num_prototypes=32, **MULTI_CROP),
-    "mae": dict(VIT, num_views=1, decoder_dim=32, decoder_depth=1, decoder_heads=2),
-    "simmim": dict(VIT, num_views=1),
-    "fcmae": dict(backbone="convnextv2_atto", num_views=1, decoder_dim=32),
-    "lejepa": dict(num_slices=32, **MULTI_CROP), "all4one": dict(queue_size=48), "smog": dict(num_groups=8),
-}
-LOADER_KEYS = ("num_views", "num_local", "local_size")
+# A method's settings beyond TINY: those of tests/test_method_resume.py (tests/method_settings.py), with the queues
+# and DeepCluster-v2's bank sized for 16 images a step.
+BIGGER = {**{m: dict(queue_size=48) for m in ("moco", "nnclr", "nnbyol", "nnsiam", "ressl", "all4one")},
+          "swav": dict(queue_size=32), "deepclusterv2": dict(memory_size=32)}
+SPECIAL: dict[str, dict] = {m: {**TEST_SPECIAL.get(m, {}), **BIGGER.get(m, {})} for m in {*TEST_SPECIAL, *BIGGER}}
+EPOCH_STEPS = {"deepclusterv2": 2}  # steps per epoch (default: the whole run is one epoch)
 
 # Why a method's 2-process run differs from the 1-process run, where it is expected to (or known to).
 # (Equal since 25 Nov, session 5: random masks (MAE, SimMIM, FCMAE, iBOT, MSN, PMSN) draw for the global batch and
@@ -92,10 +78,8 @@ CHECKED_IN_FLOAT64 = ("byol", "simclr", "mocov3", "nnsiam")
 
 
 def settings(name: str) -> tuple[dict, dict, int | None]:
-    special = dict(SPECIAL.get(name, {}))
-    epoch_steps = special.pop("epoch_steps", None)
-    layout = {k: special.pop(k) for k in LOADER_KEYS if k in special}
-    return {**TINY, **special, "num_views": layout.get("num_views", 2)}, {"num_views": 2, **layout}, epoch_steps
+    kwargs, layout = split_settings(name, TINY, SPECIAL)
+    return kwargs, layout, EPOCH_STEPS.get(name)
 
 
 # ---- data: the global batches of views, drawn once -----------------------------------------------------------

@@ -3,6 +3,7 @@ quiet CPU Trainer factory. Everything is tiny so the whole suite runs on 2 CPU c
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 # OpenMP workers that spin while waiting are 10-40x slower when other jobs share the cores.
@@ -12,6 +13,8 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 from PIL import Image
 
 # One intra-op thread by default: when other jobs share the 2 cores, a 2-thread OpenMP pool spins
@@ -63,6 +66,31 @@ def flat_folder(tmp_path) -> Path:
     for i in range(8):
         write_image(root / f"img{i}.jpg", seed=i)
     return root
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def save_rank_result(out: dict, out_dir: str, rank: int) -> None:
+    """A process's results, written whole (atomically) to out_dir/rank<r>.pt; then every rank tears down together."""
+    torch.save(out, f"{out_dir}/rank{rank}.pt.tmp")
+    os.replace(f"{out_dir}/rank{rank}.pt.tmp", f"{out_dir}/rank{rank}.pt")
+    dist.barrier()
+
+
+def run_on_processes(worker, out_dir: Path, world: int, start_method: str = "spawn") -> list:
+    """`worker(rank, port, out_dir)` on `world` processes (gloo on a free local port); the results each wrote with
+    `save_rank_result`, in rank order. gloo's teardown at process exit occasionally aborts ("terminate called
+    without an active exception") after the work is done: the results count only if every rank wrote them in full."""
+    try:
+        mp.start_processes(worker, args=(free_port(), str(out_dir)), nprocs=world, join=True, start_method=start_method)
+    except mp.ProcessExitedException:
+        if not all((out_dir / f"rank{r}.pt").exists() for r in range(world)):
+            raise
+    return [torch.load(out_dir / f"rank{r}.pt") for r in range(world)]
 
 
 def quiet_trainer(tmp_path: Path, **kwargs) -> pl.Trainer:

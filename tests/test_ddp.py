@@ -5,17 +5,16 @@ Why it holds: `gather` keeps the graph and its backward sums every rank's gradie
 slice, so each rank's input gradient is world_size x the single-process gradient of its slice;
 DDP divides by world_size. The per-rank losses average to the single-process loss.
 One spawn runs every case (process start-up dominates the cost); the tests then compare results."""
-import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn as nn
 
 from autossl.core.distributed import world_size
 from autossl.losses import barlow_twins_loss, nt_xent_loss, vicreg_loss
+
+from conftest import run_on_processes, save_rank_result
 
 WORLD, PER_RANK, D_IN, D = 2, 6, 5, 8
 
@@ -76,30 +75,14 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         for name, fn in LOSSES.items():
             out["ddp_" + name] = _param_grads(ddp, fn, x_a[mine], x_b[mine])
         del ddp  # its reducer holds the process group: release it before the group is destroyed
-        torch.save(out, f"{out_dir}/rank{rank}.pt.tmp")
-        os.replace(f"{out_dir}/rank{rank}.pt.tmp", f"{out_dir}/rank{rank}.pt")
-        dist.barrier()  # both ranks tear down together
+        save_rank_result(out, out_dir, rank)
     finally:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
-    out_dir = tmp_path_factory.mktemp("ddp")
-    try:
-        mp.spawn(_worker, args=(_free_port(), str(out_dir)), nprocs=WORLD, join=True)
-    except mp.ProcessExitedException:
-        # gloo's teardown at process exit occasionally aborts ("terminate called without an active
-        # exception") after the work is done; the results count only if every rank wrote them in full.
-        if not all((out_dir / f"rank{r}.pt").exists() for r in range(WORLD)):
-            raise
-    return [torch.load(out_dir / f"rank{r}.pt") for r in range(WORLD)]
+    return run_on_processes(_worker, tmp_path_factory.mktemp("ddp"), WORLD)
 
 
 def _slices():

@@ -40,27 +40,27 @@ test); per process by design (as their references): DINOv2's KoLeo, All4One's fe
 from __future__ import annotations
 
 import contextlib
-import os
-import socket
 from unittest import mock
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 
+from autossl.backbones.masking import random_token_mask
 from autossl.core.distributed import world_size
 from autossl.core.sync_batchnorm import GatheredBatchNorm
 from autossl.heads import FeatureQueue, SupportSet
 from autossl.heads.smog import SMoGGroups
-from autossl.losses import (dcl_loss, dclw_loss, dino_loss, emp_ssl_loss, ibot_patch_loss, infonce_loss, mean_over_cross_views,
-                            mmcr_loss, msn_loss, negative_cosine_loss, nt_xent_loss, pmsn_loss, ressl_loss, sinkhorn,
-                            smog_loss, supcon_loss, swav_loss, tico_loss, update_center, vibcreg_loss, wmse_loss)
-from autossl.backbones.masking import random_token_mask
+from autossl.losses import (dcl_loss, dclw_loss, dino_loss, emp_ssl_loss, ibot_patch_loss, infonce_loss,
+                            mean_over_cross_views, mmcr_loss, msn_loss, negative_cosine_loss, nt_xent_loss, pmsn_loss,
+                            ressl_loss, sinkhorn, smog_loss, supcon_loss, swav_loss, tico_loss, update_center,
+                            vibcreg_loss, wmse_loss)
 from autossl.methods import get_method
-from autossl.methods.ibot import sample_masks
 from autossl.methods.deepclusterv2 import spherical_kmeans
+from autossl.methods.ibot import sample_masks
+
+from conftest import run_on_processes, save_rank_result
 
 WORLD, PER_RANK, D, K, L = 2, 8, 8, 16, 9  # L: patch tokens per image (iBOT)
 N = WORLD * PER_RANK
@@ -282,30 +282,16 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         out = {"world_size": world_size()}
         for name in CASES:
             out[name] = _run(name, slice(rank * PER_RANK, (rank + 1) * PER_RANK))
-        torch.save(out, f"{out_dir}/rank{rank}.pt.tmp")
-        os.replace(f"{out_dir}/rank{rank}.pt.tmp", f"{out_dir}/rank{rank}.pt")
-        dist.barrier()
+        save_rank_result(out, out_dir, rank)
     finally:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
-    out_dir = tmp_path_factory.mktemp("ddp_methods")
-    try:
-        # fork, not spawn (as tests/test_zoo_lejepa.py): a spawned worker re-imports this module and Lightning,
-        # seconds of CPU each on a loaded machine; the workers only run losses
-        mp.start_processes(_worker, args=(_free_port(), str(out_dir)), nprocs=WORLD, join=True, start_method="fork")
-    except mp.ProcessExitedException:  # gloo's teardown can abort after the work is done (see test_ddp.py)
-        if not all((out_dir / f"rank{r}.pt").exists() for r in range(WORLD)):
-            raise
-    return [torch.load(out_dir / f"rank{r}.pt") for r in range(WORLD)]
+    # fork, not spawn (as tests/test_zoo_lejepa.py): a spawned worker re-imports this module and Lightning,
+    # seconds of CPU each on a loaded machine; the workers only run losses
+    return run_on_processes(_worker, tmp_path_factory.mktemp("ddp_methods"), WORLD, start_method="fork")
 
 
 TOL = dict(rtol=2e-5, atol=2e-6)  # float32: Sinkhorn, DINO and the whitening compute in float32 whatever comes in

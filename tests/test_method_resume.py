@@ -7,9 +7,9 @@ batches an epoch: the run crosses an epoch boundary, which drives epoch-start wo
 k-means and per-epoch schedules), for k = 2 (mid-epoch) and k = 3 (the epoch's last step). Every state-dict
 tensor (weights, integer buffers, EMA targets, queues, centers, prototypes, memory banks), the optimiser and
 scheduler state, the step and the global random state are compared with torch.equal (test_exact_resume's
-`_state` / `_assert_same_bits`). Each method trains in its own view layout (`SPECIAL`: multi-crop for the DINO
-family, SwAV and MSN/PMSN, 4 views for FastSiam/MMCR/EMP-SSL, one view and a mask for MAE/SimMIM/FCMAE, 2 views
-otherwise) and with its own optimiser (LARS, SGD or AdamW: their states are compared too).
+`_state` / `_assert_same_bits`). Each method trains in its own view layout (`method_settings.SPECIAL`:
+multi-crop for the DINO family, SwAV and MSN/PMSN, 4 views for FastSiam/MMCR/EMP-SSL, one view and a mask for
+MAE/SimMIM/FCMAE, 2 views otherwise) and with its own optimiser (LARS, SGD or AdamW: their states are compared too).
 
 A step in each layout (`test_one_step_in_each_view_layout`): the loss is a finite scalar, the monitors' features
 are [B, num_features], and the backbone receives a gradient. Layouts the zoo tests already train through a real
@@ -32,6 +32,7 @@ from autossl.data.batch import unpack_batch
 from autossl.methods import get_method
 
 from conftest import TINY, quiet_trainer
+from method_settings import split_settings
 from test_exact_resume import SaveAt, _assert_same_bits, _state
 
 STEPS, BATCH, IMAGES = 4, 8, 24  # 3 batches an epoch: the run crosses an epoch boundary
@@ -39,30 +40,9 @@ STEPS, BATCH, IMAGES = 4, 8, 24  # 3 batches an epoch: the run crosses an epoch 
 # byol, moco and mae mid-epoch already)
 STOPS, FAST_STOPS = (2, 3), (3,)
 
-VIT = dict(backbone="vit_tiny", backbone_kwargs={"depth": 1}, proj_hidden_dim=32, proj_output_dim=16)
-MULTI_CROP = dict(num_views=2, num_local=2, local_size=8)  # 2 global crops at 16 px + 2 local ones at 8 px
-# What a method needs beyond TINY (resnet18 at 16 px, small heads, 2 views): its backbone, small queues and
-# prototype counts, and its own view layout (num_views / num_local / local_size go to the loader too).
-SPECIAL: dict[str, dict] = {
-    "moco": dict(memory_bank=True, queue_size=24),
-    "nnclr": dict(queue_size=32), "nnbyol": dict(queue_size=32), "nnsiam": dict(queue_size=32),
-    "ressl": dict(queue_size=32),
-    "supcon": dict(),  # labels: the MNIST batches carry them (the class positives are used)
-    "wmse": dict(proj_output_dim=4, w_size=8),  # whitening needs more samples than dimensions
-    "fastsiam": dict(num_views=4), "mmcr": dict(num_views=4), "empssl": dict(num_views=4),
-    "deepclusterv2": dict(num_prototypes=8, prototype_heads=2, memory_size=16, kmeans_iters=2),
-    "swav": dict(num_prototypes=32, queue_size=16, queue_start_epoch=0, freeze_prototypes_steps=1, **MULTI_CROP),
-    "dino": dict(num_prototypes=32, **MULTI_CROP),
-    "ibot": dict(VIT, num_prototypes=32, **MULTI_CROP),
-    "dinov2": dict(VIT, num_prototypes=32, **MULTI_CROP),
-    "msn": dict(VIT, num_prototypes=32, **MULTI_CROP),
-    "pmsn": dict(VIT, num_prototypes=32, **MULTI_CROP),
-    "mae": dict(VIT, num_views=1, decoder_dim=32, decoder_depth=1, decoder_heads=2),
-    "simmim": dict(VIT, num_views=1),
-    "fcmae": dict(backbone="convnextv2_atto", num_views=1, decoder_dim=32),
-    "lejepa": dict(num_slices=32, **MULTI_CROP), "all4one": dict(queue_size=32), "smog": dict(num_groups=8),
-}
-LOADER_KEYS = ("num_views", "num_local", "local_size")
+# Each method's settings beyond TINY, in its own view layout: tests/method_settings.py (shared with
+# benchmarks/ddp_equivalence.py).
+
 # One method per family runs by default: EMA target, queue, center + multi-crop, prototypes + queue, mask, labels.
 FAST = ("byol", "moco", "dino", "swav", "mae", "supcon")
 # Resumes that do not continue bit for bit yet, (method, step) -> why. Strict: one that starts passing fails the test.
@@ -89,10 +69,7 @@ COVERED_ELSEWHERE = {
 
 def _settings(name: str) -> tuple[dict, dict]:
     """(constructor kwargs, loader kwargs) of a method in its own view layout."""
-    special = dict(SPECIAL.get(name, {}))
-    layout = {k: special.pop(k) for k in LOADER_KEYS if k in special}
-    kwargs = {**TINY, **special, "num_views": layout.get("num_views", 2)}
-    return kwargs, {"num_views": 2, **layout}
+    return split_settings(name, TINY)
 
 
 def _marks(fast: bool):

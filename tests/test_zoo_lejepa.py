@@ -8,7 +8,6 @@ from __future__ import annotations
 import cmath
 import math
 import os
-import socket
 
 import pytest
 import pytorch_lightning as pl
@@ -20,7 +19,7 @@ from autossl.data import make_dataloader
 from autossl.losses.lejepa import epps_pulley, lejepa_loss, lejepa_prediction_loss, sigreg, slice_directions
 from autossl.methods.lejepa import LeJEPA
 from autossl.train import build_model, compose
-from conftest import TINY, quiet_trainer
+from conftest import TINY, free_port, quiet_trainer
 from test_exact_resume import SaveAt, _assert_same_bits, _state
 
 TINY_LE = dict(TINY, num_slices=64)
@@ -194,9 +193,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
 
 
 def test_ddp_slices_agree_and_sigreg_is_the_global_batchs(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     # fork, not spawn: a spawned worker re-imports this module, Lightning and Hydra (~10 s of CPU on a loaded
     # machine); the workers only run the loss
     mp.start_processes(_worker, args=(port, str(tmp_path)), nprocs=WORLD, start_method="fork")
