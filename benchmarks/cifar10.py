@@ -24,6 +24,7 @@ import torch  # noqa: E402
 from autossl.backbones import create_backbone  # noqa: E402
 from autossl.data import make_dataloader  # noqa: E402
 from autossl.methods import get_method  # noqa: E402
+from autossl.train.budget import TimeBudget  # noqa: E402
 
 from _common import (DEFAULT_CACHE, DEFAULT_TARBALL, PeakRSS, StepClock, bank_subset, benchmark_datasets,  # noqa: E402
                      emit, knn_top1, load_average, ratio)
@@ -77,25 +78,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 class ClockCallback(pl.Callback):
-    """Ticks the step clock after every optimiser step; in budget mode it fixes the step count
-    (and the LR and momentum schedules) once the steady-state speed is known."""
+    """Ticks the step clock after every optimiser step."""
 
-    def __init__(self, clock: StepClock, budget_s: float | None = None):
-        self.clock, self.budget_s, self.start = clock, budget_s, None
-
-    def on_train_start(self, trainer, pl_module):
-        self.start = time.perf_counter()
+    def __init__(self, clock: StepClock):
+        self.clock = clock
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self.clock.tick()
-        if self.budget_s and self.clock.steps == self.clock.warmup + 3:
-            per_step = (self.clock.wall[-1] - self.clock.wall[self.clock.warmup]) / 2
-            total = self.clock.steps + int((self.budget_s - (time.perf_counter() - self.start)) / per_step)
-            total = max(total, self.clock.steps + 1)
-            trainer.fit_loop.epoch_loop.max_steps = total
-            pl_module.cfg["max_steps"] = total
-            for config in trainer.lr_scheduler_configs:
-                config.scheduler.t_initial = total
 
 
 def resolve_recipe(args, steps: int) -> dict:
@@ -119,11 +108,12 @@ def train_ours(args, train_ds, steps: int, recipe: dict, device: str, clock: Ste
                              image_size=args.train_size,
                              num_workers=args.num_workers, seed=args.seed,
                              batched_views=args.batched_views)
-    budget_s = args.budget_minutes * 60 if args.budget_minutes else None
-    callbacks = [ClockCallback(clock, budget_s)]
+    callbacks = [ClockCallback(clock)]
+    if args.budget_minutes:  # the library's budget mode: measures the step time, lays the schedules out over it
+        callbacks.append(TimeBudget(args.budget_minutes))
     if args.log_every:
         callbacks.append(LossPrinter(args.log_every))
-    trainer = pl.Trainer(accelerator=device, devices=1, max_steps=steps, precision=args.precision, logger=False,
+    trainer = pl.Trainer(accelerator=device, devices=1, max_steps=-1 if args.budget_minutes else steps, precision=args.precision, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                          num_sanity_val_steps=0, callbacks=callbacks, max_time=None)
     trainer.fit(model, loader)
@@ -169,7 +159,7 @@ def main(argv=None) -> None:
     per_epoch = len(train_ds) // args.batch_size
     steps = args.steps or (max(1, round(args.epochs * per_epoch)) if args.epochs else 200)
     if args.budget_minutes:
-        steps = 10**6  # fixed once the steady-state speed is known (ClockCallback)
+        steps = None  # TimeBudget plans (and re-plans) the steps from the measured step time
     recipe = resolve_recipe(args, 200 if args.budget_minutes else steps)
     print(f"# {args.method} on {len(train_ds)} train / {len(test_ds)} test images, recipe {recipe}, "
           f"threads {torch.get_num_threads()}, load {load_average()}", flush=True)

@@ -77,6 +77,15 @@ def resolve_name(name: str) -> str:
                      f"(autossl list backbones shows the choices; any timm model name works)")
 
 
+FIXED_SIZE_PREFIXES = ("vit_", "deit", "swin", "eva", "beit")  # transformers: position grids built for one size
+
+
+def is_fixed_size(name: str) -> bool:
+    """Whether the backbone takes only the image size it was built for (ViT, Swin, ...), unlike a CNN."""
+    entry = BACKBONES.get(resolve_name(name)) if resolve_name(name) in BACKBONES else (resolve_name(name), {})
+    return isinstance(entry, tuple) and str(entry[0]).startswith(FIXED_SIZE_PREFIXES)
+
+
 def create_backbone(name: str = "resnet18", *, image_size: int = 224, in_chans: int = 3,
                     pretrained: bool | str | Path = False, cifar_stem: bool | None = None,
                     patch_size: int | None = None, **kwargs: Any) -> Backbone:
@@ -110,7 +119,7 @@ def create_backbone(name: str = "resnet18", *, image_size: int = 224, in_chans: 
             if not path.is_file():
                 raise FileNotFoundError(f"pretrained weights file not found: {path}; give a .pth/.safetensors path or pretrained=True")
             args["pretrained_cfg_overlay"] = {"file": str(path)}
-    is_vit = timm_name.startswith(("vit_", "deit", "swin", "eva", "beit"))
+    is_vit = timm_name.startswith(FIXED_SIZE_PREFIXES)
     if is_vit:
         args["img_size"] = image_size
         if timm_name.startswith("vit_") and (patch_size or image_size <= SMALL_IMAGE):

@@ -65,9 +65,10 @@ def _pretrain(args: list[str]) -> int:
 
     from ..train import compose, pretrain
 
-    cfg = compose([a for a in args if a != "--cfg"])
+    notes: list[str] = []
+    cfg = compose([a for a in args if a != "--cfg"], notes=notes)
     if show:
-        print(OmegaConf.to_yaml(cfg, resolve=True))
+        print("".join(f"# {line}\n" for line in notes) + OmegaConf.to_yaml(cfg, resolve=True))
         return 0
     summary = pretrain(cfg)
     state = "interrupted" if summary["interrupted"] else "finished"

@@ -30,6 +30,8 @@ class TransformedDataset(Dataset):
         if isinstance(key, tuple):
             i, seed = key
             image, label = self.base[i]
+            if self.transform is _identity:  # batched views: drawn in the collate function, from the seed
+                return image, label, seed
             with seeded(seed):
                 return (None if image is None else self.transform(image)), label, seed
         image, label = self.base[key]

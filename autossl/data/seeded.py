@@ -33,7 +33,9 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 def seeded(seed: int):
     """Draw from `seed` inside the block, leaving the global CPU generator as it was."""
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        # the CPU generator only: torch.manual_seed also queues a lazy seeding of every accelerator, each call
+        # recording a stack trace (~1.7 ms per image: 10% of a 16 px training step on a 2-core CPU)
+        torch.default_generator.manual_seed(seed)
         yield
 
 

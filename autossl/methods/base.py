@@ -308,6 +308,10 @@ class SSLMethod(pl.LightningModule):
         if not torch.isfinite(loss.detach()):
             raise FloatingPointError(stop_message(f"loss is {loss.item()} at step {self.global_step}", self))
 
+    def planned_steps(self) -> int:
+        """The run's optimiser steps as the schedules see them (a time budget re-plans them while training)."""
+        return self._total_steps()
+
     def _total_steps(self) -> int:
         """Optimiser steps in the whole run, for the LR and momentum schedules.
 

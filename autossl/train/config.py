@@ -10,10 +10,11 @@ from typing import Any, Iterable
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from ..backbones import resolve_name
+from ..backbones import is_fixed_size, resolve_name
 from ..core.registry import EXPERIMENTS, did_you_mean
 from ..data.datasets import DATASETS
 from ..methods import SSLMethod, get_method
+from .recipe import apply_recipe
 from .schema import check_method_params, check_values
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -71,8 +72,9 @@ def _first_comment(path: Path) -> str:
     return str(path)
 
 
-def compose(overrides: list[str] | None = None) -> DictConfig:
-    """global.yaml <- experiment <- overrides, validated."""
+def compose(overrides: list[str] | None = None, notes: list[str] | None = None) -> DictConfig:
+    """global.yaml <- experiment <- recipe (recipe=auto, the default with a time budget) <- overrides, validated.
+    `notes`, when given, receives the recipe's picks and why (what `autossl pretrain --cfg` prints)."""
     from hydra import compose as hydra_compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
@@ -88,6 +90,7 @@ def compose(overrides: list[str] | None = None) -> DictConfig:
             name = o.split("=", 1)[1]
             raise ConfigError(f"unknown experiment '{name}'{did_you_mean(name, available_experiments(), 0.6)} "
                               f"(autossl list experiments shows them)")
+    explicit = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
     overrides = [_free_form(o) for o in overrides]
     GlobalHydra.instance().clear()
     with tempfile.TemporaryDirectory() as tmp:
@@ -102,6 +105,11 @@ def compose(overrides: list[str] | None = None) -> DictConfig:
             raise ConfigError(str(err).splitlines()[0]) from None
     cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
     validate(cfg, known)
+    picked = apply_recipe(cfg, explicit)
+    if picked:
+        validate(cfg, known)
+    if notes is not None:
+        notes.extend(picked)
     return cfg
 
 
@@ -133,6 +141,9 @@ def validate(cfg: DictConfig, known: set[str] | None = None) -> DictConfig:
         raise ConfigError("data.dataset=folder needs data.path=/path/to/images")
     if cfg.trainer.budget_minutes and cfg.trainer.view_budget:
         raise ConfigError("trainer.budget_minutes and trainer.view_budget both set the run's length; set one of them")
+    problem = _check_view_sizes(cfg)
+    if problem:
+        raise ConfigError(problem)
     if int(cfg.data.num_views) < method.min_views:
         raise ConfigError(f"data.num_views={cfg.data.num_views} is too few for {cfg.method}: it needs at least {method.min_views}")
     allowed = set(method.defaults) | _init_args()
@@ -143,6 +154,18 @@ def validate(cfg: DictConfig, known: set[str] | None = None) -> DictConfig:
     if problem:
         raise ConfigError(problem)
     return cfg
+
+
+def _check_view_sizes(cfg: DictConfig) -> str | None:
+    d = cfg.data
+    if d.get("final_view_size") and not (d.batched_views and d.num_workers == 0):
+        return ("data.final_view_size changes the views' size while training, in the training process: it needs "
+                "data.batched_views=true and data.num_workers=0")
+    sized = [k for k in ("view_size", "final_view_size") if d.get(k) and d.get(k) != d.image_size]
+    if sized and is_fixed_size(str(cfg.model.backbone)):
+        return (f"data.{sized[0]}={d.get(sized[0])} differs from the image size, which {cfg.model.backbone} cannot "
+                f"take (its position grid is built for one size); leave data.{sized[0]} unset for it")
+    return None
 
 
 def _init_args() -> set[str]:

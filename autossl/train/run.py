@@ -14,6 +14,7 @@ from torch.utils.data import Subset
 
 from ..core.io import atomic_write_text
 from ..data import Augment, make_dataloader, make_eval_loader
+from ..data.cache import DecodedCache
 from ..data.datasets import build_dataset, check_same_classes, default_image_size
 from ..data.views import preset_for
 from ..methods import get_method
@@ -21,6 +22,7 @@ from .budget import TimeBudget
 from .callbacks import GatheredSyncBatchNorm, GracefulStop
 from .checkpoint import AtomicCheckpointIO, check_writable
 from .figures import ReconstructionFigure
+from .progressive import ProgressiveViewSize
 from .run_checkpoints import RunCheckpoints, resume_checkpoint
 
 
@@ -45,6 +47,8 @@ def build_loaders(cfg: DictConfig):
     source: Any = d.path if d.dataset == "folder" else d.dataset
     extra = {"root": d.root} if d.root else {}
     full = build_dataset(source, train=True, **extra)
+    if d.get("cache_images"):
+        full = DecodedCache(full)
     val_data = None
     if d.val_path:
         val_data = build_dataset(d.val_path, labelled=True)
@@ -60,7 +64,8 @@ def build_loaders(cfg: DictConfig):
     augment = Augment(crop_scale=(float(a.crop_min_scale), 1.0), jitter=tuple(a.jitter), jitter_prob=a.jitter_prob,
                       grayscale_prob=a.grayscale_prob, solarize_prob=a.solarize_prob, hflip=a.hflip,
                       blur_prob=(0.5 if preset_for(preset).blur else 0.0) if a.blur_prob is None else a.blur_prob)
-    train = make_dataloader(full, num_views=int(d.num_views), batch_size=int(d.batch_size), image_size=size,
+    view_size = int(d.view_size) if d.get("view_size") else size  # smaller views of the same images (CNNs)
+    train = make_dataloader(full, num_views=int(d.num_views), batch_size=int(d.batch_size), image_size=view_size,
                             preset=preset, asymmetric=bool(d.asymmetric), num_local=int(d.num_local),
                             local_size=d.local_size, augment=augment, num_workers=d.num_workers, seed=int(cfg.seed),
                             batched_views=bool(d.get("batched_views", False)))
@@ -118,6 +123,8 @@ def build_trainer(cfg: DictConfig, ckpt_dir: Path, callbacks: list | None = None
     if t.view_budget:  # equal compute across num_views: fewer steps when each image gives more views
         max_steps = max(1, -(-int(t.view_budget) // (int(cfg.data.batch_size) * int(cfg.data.num_views))))
         max_epochs = -1
+    if cfg.data.get("final_view_size"):
+        cbs.append(ProgressiveViewSize(int(cfg.data.final_view_size), float(cfg.data.final_view_share)))
     if t.budget_minutes:  # wall time decides: steps and epochs unbounded, TimeBudget stops the run
         cbs.append(TimeBudget(float(t.budget_minutes)))
         max_steps, max_epochs = -1, -1

@@ -71,13 +71,16 @@ PROB = number(0, 1)
 SLURM_NAME = Rule("a name", lambda v: (isinstance(v, str) and bool(v)) or _int(v), nullable=True)  # Hydra reads 2080 as int
 SCHEMA: dict[str, Rule] = {
     "name": text(), "method": text(), "seed": integer(0), "resume": boolean(),
+    "recipe": choice("auto", "none", nullable=True),
     "model.backbone": text(), "model.projectionhead": choice("MLP", "linear", "none"), "model.memory_bank": boolean(),
     "model.pretrained": Rule("true, false or a weights file path", lambda v: isinstance(v, (bool, str))),
     "model.forward_views": choice("concat", "per_view"),
     "model.params": Rule("a mapping of parameter: value", lambda v: isinstance(v, dict), nullable=True),
     "data.dataset": text(), "data.path": text(nullable=True), "data.root": text(nullable=True),
     "data.val_path": text(nullable=True), "data.val_split": number(0, 1, hi_open=True),
-    "data.image_size": integer(8, nullable=True), "data.num_views": integer(1), "data.asymmetric": boolean(),
+    "data.image_size": integer(8, nullable=True), "data.view_size": integer(8, nullable=True),
+    "data.final_view_size": integer(8, nullable=True), "data.final_view_share": number(0, 1, lo_open=True),
+    "data.cache_images": boolean(), "data.num_views": integer(1), "data.asymmetric": boolean(),
     "data.num_local": integer(0), "data.local_size": integer(4, nullable=True), "data.batch_size": integer(1),
     "data.num_workers": integer(0, nullable=True), "data.batched_views": boolean(), "data.max_bad_fraction": PROB,
     "data.augment.crop_min_scale": number(0, 1, lo_open=True),

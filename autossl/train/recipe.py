@@ -1,0 +1,123 @@
+"""`recipe=auto`: the settings measured to give the most accuracy in a time budget, picked for the method, the
+hardware and the image size. It is the default when `trainer.budget_minutes` is set; `recipe=none` turns it off.
+
+Every pick names the measurement behind it (docs/budget.md). A key given on the command line is never changed:
+the recipe sits between the experiment's values and the user's overrides. `autossl pretrain --cfg` prints the
+picks and why, above the composed config.
+
+Only what was measured is picked. On this project's CPU (2 cores, AVX-512 bf16) that is precision, memory format,
+the view pipeline, the image cache, the view size and the optimiser; on a GPU no budget run has been measured yet,
+so only precision and memory format are set there and the method keeps its own optimiser.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from ..backbones import is_fixed_size
+
+
+@dataclass(frozen=True)
+class Hardware:
+    device: str  # "cpu" or "cuda"
+    bf16: bool  # bf16 matrix instructions (CPU: AVX-512 BF16 or AMX; GPU: Ampere or newer)
+    cores: int
+
+    def describe(self) -> str:
+        return f"{self.device}, {self.cores} core{'s' * (self.cores != 1)}, {'bf16' if self.bf16 else 'no bf16'}"
+
+
+@dataclass(frozen=True)
+class Pick:
+    key: str
+    value: Any
+    why: str
+
+
+def detect_hardware(accelerator: str = "auto") -> Hardware:
+    cuda = torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda")
+    if cuda:
+        return Hardware("cuda", bool(torch.cuda.is_bf16_supported()), usable_cores())
+    try:
+        bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        bf16 = False
+    return Hardware("cpu", bf16, usable_cores())
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (a container's or `taskset`'s limit, not the host's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+# Methods whose budget optimiser was measured (docs/budget.md, "the optimiser"): AdamW at a base LR of 2e-3 (1e-3
+# at batch 128) against each method's own LARS/SGD large-batch settings, at the same minutes.
+ADAMW_MEASURED = {"simclr", "moco", "vicreg", "barlowtwins", "mmcr", "byol", "simsiam"}
+
+
+def pick_recipe(cfg: DictConfig, hw: Hardware) -> list[Pick]:
+    """The settings for this run, each with the measurement it rests on."""
+    picks: list[Pick] = []
+    if hw.device == "cuda":
+        picks.append(Pick("trainer.precision", "bf16-mixed" if hw.bf16 else "16-mixed",
+                          "mixed precision on a GPU (no budget run measured on a GPU yet: the method keeps its optimiser)"))
+        picks.append(Pick("trainer.channels_last", True, "tensor-core convolutions want NHWC"))
+        return picks
+    picks.append(Pick("trainer.precision", "bf16-mixed" if hw.bf16 else "32",
+                      "bf16 autocast + channels_last: 2.1x fp32 steps on this CPU (benchmarks/README.md)"
+                      if hw.bf16 else "this CPU has no bf16 instructions: bf16 autocast would be slower than fp32"))
+    picks.append(Pick("trainer.channels_last", True, "1.3x on its own, 2.1x with bf16 (benchmarks/README.md)"))
+    picks.append(Pick("data.batched_views", True, "views of a whole batch at once: 9x cheaper than per image "
+                                                  "(benchmarks/README.md)"))
+    if hw.cores <= 4:
+        picks.append(Pick("data.num_workers", 0, f"{hw.cores} cores: a loader process would take a core from the model; "
+                                                 f"batched views cost ~1 ms per image"))
+    picks.append(Pick("data.cache_images", True, "decoded once, kept as uint8: no JPEG decoding after the first epoch "
+                                                 "(docs/budget.md, levers)"))
+    size = cfg.data.image_size
+    if (size is None or int(size) <= 32) and not is_fixed_size(str(cfg.model.backbone)) and \
+            str(cfg.data.dataset) in ("cifar10", "cifar100", "folder", "mnist"):
+        picks.append(Pick("data.view_size", 16, "16 px views of 32 px images: a quarter of the FLOPs, more k-NN per "
+                                                "minute than 32 px views (docs/budget.md, levers)"))
+    if str(cfg.method) in ADAMW_MEASURED:
+        picks += [Pick("optimizer.name", "adamw", "AdamW moves a run of a few epochs at once; LARS's large-batch "
+                                                  "schedule needs hundreds (docs/budget.md, optimiser)"),
+                  Pick("optimizer.lr", 2e-3, "base LR at batch 256 (1e-3 at 128), measured with AdamW"),
+                  Pick("optimizer.weight_decay", 1e-4, "measured with AdamW"),
+                  Pick("data.batch_size", 128, "batch 128 with AdamW (docs/budget.md, batch)")]
+    return picks
+
+
+def apply_recipe(cfg: DictConfig, explicit: set[str], hw: Hardware | None = None) -> list[str]:
+    """Set the recipe's picks in `cfg` (in place) except the `explicit` keys; returns the lines `--cfg` prints."""
+    mode = cfg.get("recipe")
+    if mode == "none" or (mode is None and not cfg.trainer.budget_minutes):
+        return []
+    hw = hw or detect_hardware(str(cfg.trainer.accelerator))
+    cfg.recipe = "auto"
+    budget = f"{cfg.trainer.budget_minutes:g}-minute budget" if cfg.trainer.budget_minutes else "run (no budget)"
+    lines = [f"recipe=auto for {cfg.method} on {cfg.model.backbone}, a {budget}, {hw.describe()}:"]
+    for pick in pick_recipe(cfg, hw):
+        if pick.key in explicit:
+            lines.append(f"  {pick.key}: kept yours ({_shown(OmegaConf.select(cfg, pick.key))}); auto would pick "
+                         f"{_shown(pick.value)}")
+            continue
+        OmegaConf.update(cfg, pick.key, pick.value, merge=False)
+        lines.append(f"  {pick.key}={_shown(pick.value)}: {pick.why}")
+    lines.append("  (recipe=none turns these off; any key on the command line overrides its pick)")
+    return lines
+
+
+def _shown(value: Any) -> str:
+    """As on the command line: true/false, not Python's True/False."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+__all__ = ["Hardware", "Pick", "apply_recipe", "detect_hardware", "pick_recipe"]
