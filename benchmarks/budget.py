@@ -74,13 +74,13 @@ def run(cmd: list[str], log: Path) -> float:
     return time.perf_counter() - start
 
 
-def knn_command(checkpoint: str, bank: Path, test: Path, out: Path) -> list[str]:
-    return AUTOSSL + ["eval", "knn", "--checkpoint", checkpoint, "--data", str(bank), "--test-data", str(test),
+def eval_command(protocol: str, checkpoint: str, bank: Path, test: Path, out: Path) -> list[str]:
+    return AUTOSSL + ["eval", protocol, "--checkpoint", checkpoint, "--data", str(bank), "--test-data", str(test),
                       "--preset", "cifar10", "--image-size", "32", "--bf16", "--batch-size", "512", "--out", str(out)]
 
 
-def random_init_knn(args, bank: Path, test: Path, overrides: list[str]) -> float:
-    """k-NN of the run's backbone at initialisation (built as `autossl pretrain` builds it: same config, same seed),
+def random_init_score(args, protocol: str, bank: Path, test: Path, overrides: list[str]) -> float:
+    """k-NN (or linear probe) of the run's backbone at initialisation (built as `autossl pretrain` builds it: same config, same seed),
     cached by backbone, seed and split."""
     from autossl.evaluate.protocols import evaluate
     from autossl.train import compose
@@ -89,14 +89,15 @@ def random_init_knn(args, bank: Path, test: Path, overrides: list[str]) -> float
 
     cfg = compose([o for o in overrides if o.split("=", 1)[0] in ("method", "model.backbone", "seed")] +
                   ["data.dataset=folder", f"data.path={bank}"])
-    key = json.dumps({"backbone": str(cfg.model.backbone), "seed": int(cfg.seed), "bank": str(bank), "test": str(test)})
+    key = json.dumps({"backbone": str(cfg.model.backbone), "seed": int(cfg.seed), "bank": str(bank), "test": str(test),
+                      **({"protocol": protocol} if protocol != "knn" else {})})
     cache = Path(args.cache_dir) / "budget_random_init.jsonl"
     for line in cache.read_text().splitlines() if cache.exists() else []:
         entry = json.loads(line)
         if entry["key"] == key:
             return entry["knn"]
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
-    result = evaluate(build_model(cfg).backbone, str(bank), "knn", test_dataset=str(test), preset="cifar10",
+    result = evaluate(build_model(cfg).backbone, str(bank), protocol, test_dataset=str(test), preset="cifar10",
                       image_size=32, bf16=True, batch_size=512)
     with open(cache, "a") as f:
         f.write(json.dumps({"key": key, "knn": result["accuracy"]}) + "\n")
@@ -109,6 +110,7 @@ def main(argv=None) -> None:
     p.add_argument("--name", help="run name (default: from the overrides)")
     p.add_argument("--bank", type=int, default=0, help="k-NN bank: a class-balanced subset of this many training "
                                                         "images (0: all 45,000)")
+    p.add_argument("--linear", action="store_true", help="also a linear probe (autossl eval linear) on the same split")
     p.add_argument("--holdout", type=int, default=5000)
     p.add_argument("--seed", type=int, default=0, help="the split's seed (the run's seed is seed=... in overrides)")
     p.add_argument("--tarball", default=str(DEFAULT_TARBALL))
@@ -132,18 +134,22 @@ def main(argv=None) -> None:
     load_before = load_average()
     wall = run(pretrain, log)
     summary = json.loads((work / name / "summary.json").read_text())
-    knn_out = work / f"{name}.knn.json"
-    eval_cmd = knn_command(str(work / name / "last.ckpt"), bank, test, knn_out)
-    eval_s = run(eval_cmd, log)
-    knn = json.loads(knn_out.read_text())["accuracy"]
-    random_knn = random_init_knn(args, bank, test, overrides)
-    shown = [" ".join(c[3:]) for c in (pretrain, eval_cmd)]  # without `python -m autossl`
+    scores, commands, eval_s = {}, [pretrain], 0.0
+    for protocol in ["knn"] + (["linear"] if args.linear else []):
+        out = work / f"{name}.{protocol}.json"
+        command = eval_command(protocol, str(work / name / "last.ckpt"), bank, test, out)
+        eval_s += run(command, log)
+        scores[f"{protocol}_top1"] = json.loads(out.read_text())["accuracy"]
+        scores[f"random_init_{protocol}_top1"] = random_init_score(args, protocol, bank, test, overrides)
+        commands.append(command)
+    shown = [" ".join(c[3:]) for c in commands]  # without `python -m autossl`
     from omegaconf import OmegaConf
 
     batch = int(OmegaConf.load(work / name / "config.yaml").data.batch_size)
     emit({"name": name, "minutes": args.minutes, "overrides": overrides, "steps": summary["steps"],
-          "epochs": round(summary["steps"] * batch / len(list(train.rglob("*.jpg"))), 2), "batch_size": batch, "train_s": summary["seconds"], "wall_s": round(wall, 1),
-          "knn_top1": knn, "random_init_knn_top1": random_knn, "gain": round(knn - random_knn, 4),
+          "epochs": round(summary["steps"] * batch / len(list(train.rglob("*.jpg"))), 2), "batch_size": batch,
+          "train_s": summary["seconds"], "wall_s": round(wall, 1),
+          **scores, "gain": round(scores["knn_top1"] - scores["random_init_knn_top1"], 4),
           "bank": args.bank or "all", "eval_s": round(eval_s, 1),
           "load_avg": [load_before, load_average()], "commands": ["autossl " + s for s in shown]}, args.out)
 

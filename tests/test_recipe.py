@@ -27,6 +27,12 @@ def test_a_budget_gets_the_measured_cpu_recipe_and_the_command_line_keeps_its_ke
     assert any(n.strip().startswith("data.view_size=16:") and "docs/budget.md" in n for n in notes)
 
 
+def test_keys_the_recipe_makes_valid_are_accepted_with_it():
+    # progressive resolution needs batched views in the training process, which the CPU recipe sets
+    cfg = compose(BUDGET + ["data.final_view_size=32"])
+    assert (cfg.data.view_size, cfg.data.final_view_size, cfg.data.num_workers) == (16, 32, 0)
+
+
 def test_no_budget_or_recipe_none_leaves_the_config_as_composed():
     plain = compose(["data.dataset=cifar10"])
     for cfg in (plain, compose(BUDGET + ["recipe=none"])):
@@ -46,8 +52,20 @@ def test_the_recipe_follows_the_hardware_the_backbone_and_the_method():
     vit = compose(["data.dataset=cifar10", "model.backbone=vit_tiny", "method=mae", "data.num_views=1"])
     assert "data.view_size" not in {p.key for p in pick_recipe(vit, CPU)}  # a ViT takes one size only
     assert "optimizer.name" not in {p.key for p in pick_recipe(vit, CPU)}  # MAE's optimiser was not measured
-    stl = compose(["data.dataset=stl10"])
-    assert "data.view_size" not in {p.key for p in pick_recipe(stl, CPU)}  # 96 px: not measured
+    for other in (["data.dataset=stl10"], ["data.dataset=mnist"], ["data.dataset=cifar10", "data.image_size=64"]):
+        assert "data.view_size" not in {p.key for p in pick_recipe(compose(other), CPU)}, other  # not measured
+
+
+def test_a_folder_gets_small_views_only_when_its_images_are_32_px(class_folder, tmp_path):
+    from conftest import write_image
+
+    small = tmp_path / "small"
+    for i in range(3):
+        write_image(small / "a" / f"{i}.png", size=(32, 32), seed=i)
+    picks = {str(path): {p.key: p.value for p in pick_recipe(compose(["data.dataset=folder", f"data.path={path}"]), CPU)}
+             for path in (small, class_folder)}
+    assert picks[str(small)]["data.view_size"] == 16
+    assert "data.view_size" not in picks[str(class_folder)]  # 20 px images
 
 
 def test_pretrain_cfg_prints_the_picks_and_why(capsys):

@@ -104,10 +104,9 @@ def compose(overrides: list[str] | None = None, notes: list[str] | None = None) 
         except HydraException as err:
             raise ConfigError(str(err).splitlines()[0]) from None
     cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
-    validate(cfg, known)
+    validate(cfg, known, views=False)  # the recipe reads a valid method and backbone; it may set the view keys
     picked = apply_recipe(cfg, explicit)
-    if picked:
-        validate(cfg, known)
+    validate(cfg, known)
     if notes is not None:
         notes.extend(picked)
     return cfg
@@ -121,8 +120,9 @@ def _free_form(override: str) -> str:
     return override
 
 
-def validate(cfg: DictConfig, known: set[str] | None = None) -> DictConfig:
-    """Reject unknown keys (a typo in an experiment YAML) and bad values, each in one line."""
+def validate(cfg: DictConfig, known: set[str] | None = None, views: bool = True) -> DictConfig:
+    """Reject unknown keys (a typo in an experiment YAML) and bad values, each in one line. `views=False` leaves
+    out the checks between the view keys (compose runs them after recipe=auto has set its keys)."""
     known = known or _known_keys()
     for key in _flatten(OmegaConf.to_container(cfg, resolve=False)):
         _check_key(key, known, "in the experiment")
@@ -141,7 +141,7 @@ def validate(cfg: DictConfig, known: set[str] | None = None) -> DictConfig:
         raise ConfigError("data.dataset=folder needs data.path=/path/to/images")
     if cfg.trainer.budget_minutes and cfg.trainer.view_budget:
         raise ConfigError("trainer.budget_minutes and trainer.view_budget both set the run's length; set one of them")
-    problem = _check_view_sizes(cfg)
+    problem = _check_view_sizes(cfg) if views else None
     if problem:
         raise ConfigError(problem)
     if int(cfg.data.num_views) < method.min_views:

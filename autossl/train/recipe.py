@@ -19,6 +19,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ..backbones import is_fixed_size
+from ..data.datasets import build_dataset, default_image_size
+from ..data.views import preset_for
 
 
 @dataclass(frozen=True)
@@ -81,11 +83,9 @@ def pick_recipe(cfg: DictConfig, hw: Hardware) -> list[Pick]:
                                                  f"batched views cost ~1 ms per image"))
     picks.append(Pick("data.cache_images", True, "decoded once, kept as uint8: no JPEG decoding after the first epoch "
                                                  "(docs/budget.md, levers)"))
-    size = cfg.data.image_size
-    if (size is None or int(size) <= 32) and not is_fixed_size(str(cfg.model.backbone)) and \
-            str(cfg.data.dataset) in ("cifar10", "cifar100", "folder", "mnist"):
+    if _image_size(cfg) == 32 and str(cfg.data.dataset) != "mnist" and not is_fixed_size(str(cfg.model.backbone)):
         picks.append(Pick("data.view_size", 16, "16 px views of 32 px images: a quarter of the FLOPs, more k-NN per "
-                                                "minute than 32 px views (docs/budget.md, levers)"))
+                                                "minute than 32 px views on CIFAR-10 (docs/budget.md, levers)"))
     if str(cfg.method) in ADAMW_MEASURED:
         picks += [Pick("optimizer.name", "adamw", "AdamW moves a run of a few epochs at once; LARS's large-batch "
                                                   "schedule needs hundreds (docs/budget.md, optimiser)"),
@@ -93,6 +93,19 @@ def pick_recipe(cfg: DictConfig, hw: Hardware) -> list[Pick]:
                   Pick("optimizer.weight_decay", 1e-4, "measured with AdamW"),
                   Pick("data.batch_size", 128, "batch 128 with AdamW (docs/budget.md, batch)")]
     return picks
+
+
+def _image_size(cfg: DictConfig) -> int | None:
+    """The size the run trains at (data.image_size, the dataset's preset, or a folder's own), None if unknown."""
+    d = cfg.data
+    if d.image_size:
+        return int(d.image_size)
+    if d.dataset != "folder":
+        return preset_for(str(d.dataset)).image_size
+    try:  # a folder's images' own size, from one file's header (a missing folder fails later, in pretrain)
+        return default_image_size(build_dataset(str(d.path)))
+    except (OSError, ValueError):
+        return None
 
 
 def apply_recipe(cfg: DictConfig, explicit: set[str], hw: Hardware | None = None) -> list[str]:
