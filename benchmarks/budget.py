@@ -23,7 +23,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import DEFAULT_CACHE, DEFAULT_TARBALL, emit, extract_cifar10, holdout_split, load_average  # noqa: E402
+from _common import (DEFAULT_CACHE, DEFAULT_TARBALL, bank_subset, emit, extract_cifar10, holdout_split,  # noqa: E402
+                     load_average)
+from autossl.data import ImageFolderDataset  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 AUTOSSL = [sys.executable, "-m", "autossl"]
@@ -51,13 +53,7 @@ def split_folders(args) -> tuple[Path, Path, Path]:
     train_dir, test_dir = link_split(train, root, base / "train"), link_split(test, root, base / "test")
     if not args.bank:
         return train_dir, train_dir, test_dir
-    import random
-
-    by_class: dict[str, list[Path]] = {}
-    for f in train:
-        by_class.setdefault(f.relative_to(root).parts[0], []).append(f)
-    rng = random.Random(args.seed + 1)
-    bank = [f for c in sorted(by_class) for f in rng.sample(by_class[c], args.bank // len(by_class))]
+    bank = bank_subset(ImageFolderDataset(root, files=train), args.bank, args.seed).files  # cifar10.py's bank too
     return train_dir, link_split(bank, root, base / f"bank{args.bank}"), test_dir
 
 
