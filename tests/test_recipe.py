@@ -48,7 +48,7 @@ def test_the_recipe_follows_the_hardware_the_backbone_and_the_method():
     no_bf16 = {p.key: p.value for p in pick_recipe(cfg, Hardware("cpu", bf16=False, cores=2))}
     assert no_bf16["trainer.precision"] == "32"
     many = {p.key for p in pick_recipe(cfg, Hardware("cpu", bf16=True, cores=32))}
-    assert "data.num_workers" not in many
+    assert "data.num_workers" not in many and "data.cache_images" not in many  # workers would each fill a cache
     vit = compose(["data.dataset=cifar10", "model.backbone=vit_tiny", "method=mae", "data.num_views=1"])
     assert "data.view_size" not in {p.key for p in pick_recipe(vit, CPU)}  # a ViT takes one size only
     assert "optimizer.name" not in {p.key for p in pick_recipe(vit, CPU)}  # MAE's optimiser was not measured
