@@ -113,7 +113,8 @@ def train_ours(args, train_ds, steps: int, recipe: dict, device: str, clock: Ste
         callbacks.append(TimeBudget(args.budget_minutes))
     if args.log_every:
         callbacks.append(LossPrinter(args.log_every))
-    trainer = pl.Trainer(accelerator=device, devices=1, max_steps=-1 if args.budget_minutes else steps, precision=args.precision, logger=False,
+    trainer = pl.Trainer(accelerator=device, devices=1, max_steps=-1 if args.budget_minutes else steps,
+                         precision=args.precision, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                          num_sanity_val_steps=0, callbacks=callbacks, max_time=None)
     trainer.fit(model, loader)

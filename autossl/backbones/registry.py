@@ -80,9 +80,14 @@ def resolve_name(name: str) -> str:
 FIXED_SIZE_PREFIXES = ("vit_", "deit", "swin", "eva", "beit")  # transformers: position grids built for one size
 
 
+def _entry(key: str) -> Any:
+    """A resolved name's registry entry: (timm name, defaults) or a WideResNet spec; any other timm name as itself."""
+    return BACKBONES.get(key) if key in BACKBONES else (key, {})
+
+
 def is_fixed_size(name: str) -> bool:
     """Whether the backbone takes only the image size it was built for (ViT, Swin, ...), unlike a CNN."""
-    entry = BACKBONES.get(resolve_name(name)) if resolve_name(name) in BACKBONES else (resolve_name(name), {})
+    entry = _entry(resolve_name(name))
     return isinstance(entry, tuple) and str(entry[0]).startswith(FIXED_SIZE_PREFIXES)
 
 
@@ -100,7 +105,7 @@ def create_backbone(name: str = "resnet18", *, image_size: int = 224, in_chans: 
     """
     key = resolve_name(name)
     spec = {"name": key, "image_size": image_size, "in_chans": in_chans, **kwargs}
-    entry = BACKBONES.get(key) if key in BACKBONES else (key, {})
+    entry = _entry(key)
     if isinstance(entry, WideResNet.Spec):
         model = WideResNet(entry.depth, entry.widen_factor, in_chans=in_chans)
         if pretrained:

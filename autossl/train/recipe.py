@@ -19,8 +19,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ..backbones import is_fixed_size
-from ..data.datasets import build_dataset, default_image_size
-from ..data.views import preset_for
+from .run import image_size_of
 
 
 @dataclass(frozen=True)
@@ -98,14 +97,10 @@ def pick_recipe(cfg: DictConfig, hw: Hardware) -> list[Pick]:
 
 
 def _image_size(cfg: DictConfig) -> int | None:
-    """The size the run trains at (data.image_size, the dataset's preset, or a folder's own), None if unknown."""
-    d = cfg.data
-    if d.image_size:
-        return int(d.image_size)
-    if d.dataset != "folder":
-        return preset_for(str(d.dataset)).image_size
-    try:  # a folder's images' own size, from one file's header (a missing folder fails later, in pretrain)
-        return default_image_size(build_dataset(str(d.path)))
+    """The size the run trains at (`run.image_size_of`), None when a folder cannot be read yet (a missing folder
+    fails later, in pretrain, in one line)."""
+    try:
+        return image_size_of(cfg)
     except (OSError, ValueError):
         return None
 
