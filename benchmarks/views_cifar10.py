@@ -37,8 +37,9 @@ def grid(pretrained: str | None) -> list[dict]:
     return runs
 
 
-def overrides(run: dict, pretrained: str | None) -> list[str]:
-    out = [f"method={run['method']}", f"data.num_views={run['views']}", f"seed={run['seed']}"]
+def overrides(run: dict, pretrained: str | None, backbone: str) -> list[str]:
+    out = [f"method={run['method']}", f"model.backbone={backbone}", f"data.num_views={run['views']}",
+           f"seed={run['seed']}"]
     return out + ([f"model.pretrained={pretrained}"] if run["start"] == "pretrained" else [])
 
 
@@ -51,6 +52,8 @@ def main(argv=None) -> None:
     p.add_argument("--minutes", type=float, default=10.0, help="budget of every run (equal compute)")
     p.add_argument("--pretrained", help="weights of the pretrained start (e.g. an exported 20-minute SimCLR backbone, "
                                         "autossl export ... --out simclr20.safetensors)")
+    p.add_argument("--backbone", default="wide_resnet28_2",
+                   help="one network for every run (the budget recipe's for SimCLR; a pretrained start must match it)")
     p.add_argument("--bank", type=int, default=0, help="k-NN bank and probe training images (0: all 45,000)")
     p.add_argument("--out", default=str(REPO / "docs" / "views_cifar10.jsonl"))
     p.add_argument("--work-dir", default="/tmp/autossl-views")
@@ -64,7 +67,7 @@ def main(argv=None) -> None:
     for run in grid(args.pretrained):
         name = run_name(run, args.minutes)
         command = ["--minutes", f"{args.minutes:g}", "--linear", "--bank", str(args.bank), "--name", name,
-                   "--out", args.out, "--work-dir", args.work_dir, *overrides(run, args.pretrained)]
+                   "--out", args.out, "--work-dir", args.work_dir, *overrides(run, args.pretrained, args.backbone)]
         if name in done:
             continue
         if args.dry_run:

@@ -22,7 +22,7 @@ def test_a_budget_gets_the_measured_cpu_recipe_and_the_command_line_keeps_its_ke
     assert cfg.recipe == "auto"
     assert (cfg.optimizer.name, cfg.optimizer.lr, cfg.data.view_size) == ("adamw", 0.01, 16)  # lr: the user's
     assert cfg.data.batched_views and cfg.data.cache_images and cfg.data.num_workers == 1
-    assert notes[0].startswith("recipe=auto for simclr on resnet18, a 20-minute budget")
+    assert notes[0].startswith("recipe=auto for simclr, a 20-minute budget")
     assert any("optimizer.lr: kept yours (0.01)" in n for n in notes)
     assert any(n.strip().startswith("data.view_size=16:") and "docs/budget.md" in n for n in notes)
 
@@ -54,6 +54,22 @@ def test_the_recipe_follows_the_hardware_the_backbone_and_the_method():
     assert "optimizer.name" not in {p.key for p in pick_recipe(vit, CPU)}  # MAE's optimiser was not measured
     for other in (["data.dataset=stl10"], ["data.dataset=mnist"], ["data.dataset=cifar10", "data.image_size=64"]):
         assert "data.view_size" not in {p.key for p in pick_recipe(compose(other), CPU)}, other  # not measured
+
+
+def test_the_narrow_network_replaces_only_a_backbone_nobody_chose(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # ./experiments: the user's own experiments
+    (tmp_path / "experiments").mkdir()
+    (tmp_path / "experiments" / "mine.yaml").write_text("# @package _global_\nmodel: {backbone: resnet18}\n")
+    assert compose(BUDGET).model.backbone == "wide_resnet28_2"  # SimCLR at 32 px on a CPU: measured
+    assert compose(BUDGET + ["experiment=cifar10_simclr"]).model.backbone == "wide_resnet28_2"  # it sets no backbone
+    notes: list[str] = []
+    for chosen in (["model.backbone=resnet18"], ["experiment=mine"]):
+        assert compose(BUDGET + chosen, notes=notes).model.backbone == "resnet18", chosen
+    assert any("model.backbone: kept yours (resnet18); auto would pick wide_resnet28_2" in n for n in notes)
+    for other in (["method=vicreg"], ["data.dataset=mnist"], ["data.image_size=64"]):
+        assert compose(BUDGET + other).model.backbone == "resnet18", other  # not measured there
+    # the experiment's optimiser is replaced: it says how to train, not what network the user gets
+    assert compose(BUDGET + ["experiment=mine", "optimizer.name=lars"]).optimizer.lr == 2e-3
 
 
 def test_a_folder_gets_small_views_only_when_its_images_are_32_px(class_folder, tmp_path):

@@ -210,3 +210,35 @@ def test_swav_trains_on_two_views_and_is_built_by_compose(mnist_arrays, tmp_path
     exp = compose(["experiment=cifar10_swav"])
     assert (exp.method, exp.optimizer.lr, exp.model.params.num_prototypes, exp.model.params.queue_size) == \
         ("swav", 0.6, 3000, 3840)
+
+
+def test_under_a_time_budget_dino_and_swav_phases_keep_their_share_of_the_recipe(mnist_arrays, tmp_path):
+    """A budget run is often shorter than an epoch. Counted in epochs, DINO's teacher would stay at 0.04 with its
+    last layer frozen, and SwAV's prototypes frozen without a queue, for the whole run. Mapped onto the 1000-epoch
+    recipe (SSLMethod.phase_epoch), each phase keeps its share of the plan that train/budget.py lays out."""
+    class Record(pl.Callback):
+        def __init__(self, read):
+            self.read, self.seen = read, []
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            self.seen.append(self.read(pl_module))
+
+    steps, loader = 12, _loader(mnist_arrays)
+    assert steps < len(loader)  # all of it inside epoch 0
+    dino = DINO(**TINY_DINO)
+    dino.set_schedule_length(400)  # the plan: the 50-epoch warm-up is its first 20 steps, the freeze 0.4 of one
+    last = dino.head.last_layer.parametrizations.weight.original1.detach().clone()
+    temps = Record(DINO.teacher_temp_now)
+    quiet_trainer(tmp_path / "dino", max_steps=steps, callbacks=[temps]).fit(dino, loader)
+    expected = [teacher_temperature(1000 * k / 400, 0.04, 0.07, 50) for k in range(steps)]
+    assert temps.seen == pytest.approx(expected) and temps.seen[-1] > 0.055
+    assert not torch.equal(dino.head.last_layer.parametrizations.weight.original1, last)
+
+    swav = SwAV(**TINY_SWAV)
+    swav.set_schedule_length(100)  # the 2-epoch prototype freeze is step 0; the queue starts at step 5 (epoch 50)
+    init = F.normalize(swav.prototypes.weight.detach(), dim=1)
+    frozen, queued = Record(SwAV.prototypes_frozen), Record(lambda m: m._queue_scores(2) is not None)
+    quiet_trainer(tmp_path / "swav", max_steps=steps, callbacks=[frozen, queued]).fit(swav, loader)
+    assert frozen.seen == [True] + [False] * (steps - 1)
+    assert queued.seen == [False] * 5 + [True] * (steps - 5)  # the 16-row queue is full after 2 steps of 8
+    assert not torch.allclose(swav.prototypes.weight, init, atol=1e-4)

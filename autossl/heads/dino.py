@@ -26,7 +26,7 @@ class DINOHead(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.last_layer(F.normalize(self.mlp(x), dim=-1, p=2))
 
-    def cancel_last_layer_gradients(self, epoch: int, freeze_epochs: int) -> None:
+    def cancel_last_layer_gradients(self, epoch: float, freeze_epochs: float) -> None:
         """Drop the last layer's gradients while `epoch < freeze_epochs` (DINO's stabiliser)."""
         if epoch < freeze_epochs:
             for p in self.last_layer.parameters():

@@ -67,15 +67,16 @@ def update_center(center: torch.Tensor, teacher_out: Sequence[torch.Tensor], mom
     return (center.float() * momentum + batch_center.reshape(center.shape) * (1 - momentum)).to(center.dtype)
 
 
-def teacher_temperature(epoch: int, warmup_temp: float, temp: float, warmup_epochs: int) -> float:
+def teacher_temperature(epoch: float, warmup_temp: float, temp: float, warmup_epochs: int) -> float:
     """The teacher temperature at `epoch`: linear from `warmup_temp` (epoch 0) to `temp` (epoch
     warmup_epochs - 1), then constant: the reference's
-    `np.concatenate((np.linspace(warmup_temp, temp, warmup_epochs), np.ones(epochs - warmup_epochs) * temp))[epoch]`."""
+    `np.concatenate((np.linspace(warmup_temp, temp, warmup_epochs), np.ones(epochs - warmup_epochs) * temp))[epoch]`.
+    A fractional epoch (a time-budget run, SSLMethod.phase_epoch) lies on the same line."""
     if epoch >= warmup_epochs:
         return float(temp)
     if warmup_epochs == 1:
         return float(warmup_temp)
-    return float(warmup_temp + (temp - warmup_temp) * epoch / (warmup_epochs - 1))
+    return float(warmup_temp + (temp - warmup_temp) * min(1.0, epoch / (warmup_epochs - 1)))
 
 
 __all__ = ["dino_loss", "update_center", "teacher_temperature"]

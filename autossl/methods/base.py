@@ -32,6 +32,7 @@ from .fit_data import fit_loader, rng_state, seeded_sampler, set_rng_state, step
 from .guard import NonFiniteGuard, check_checkpoint, stop_message
 from .momentum import cosine_tau, ema_update, momentum_copy
 from .monitors import OnlineKNN, OnlineProbe
+from .schedule import PlannedSchedule
 
 
 class ResolvedConfig(dict):
@@ -46,7 +47,7 @@ class ResolvedConfig(dict):
         return type(self), (dict(self),)
 
 
-class SSLMethod(pl.LightningModule):
+class SSLMethod(PlannedSchedule, pl.LightningModule):
     name = "base"
     min_views = 2
     supports_memory_bank = False  # True: `memory_bank=True` turns on a queue of negatives
@@ -307,41 +308,6 @@ class SSLMethod(pl.LightningModule):
     def _check_finite(self, loss: torch.Tensor) -> None:
         if not torch.isfinite(loss.detach()):
             raise FloatingPointError(stop_message(f"loss is {loss.item()} at step {self.global_step}", self))
-
-    def planned_steps(self) -> int:
-        """The run's optimiser steps as the schedules see them (a time budget re-plans them while training)."""
-        return self._total_steps()
-
-    def _total_steps(self) -> int:
-        """Optimiser steps in the whole run, for the LR and momentum schedules.
-
-        Computed from the loader's length rather than `trainer.estimated_stepping_batches`, which
-        would set the loader up before a resumed run restores the loader's state."""
-        if getattr(self, "_schedule_length", None):  # laid out by the trainer (a time budget: train/budget.py)
-            return self._schedule_length
-        if self.cfg.get("max_steps"):
-            return int(self.cfg["max_steps"])
-        if not hasattr(self, "_total_steps_cache"):
-            t = self.trainer
-            max_steps = t.max_steps if t.max_steps and t.max_steps > 0 else 0
-            by_epochs = steps_per_epoch(t) * (t.max_epochs or 0)
-            candidates = [n for n in (max_steps, by_epochs) if n > 0]
-            if not candidates:
-                raise ValueError("cannot lay out the LR and momentum schedules: the training loader has no length and "
-                                 "no step limit is set; pass max_steps to the Trainer (trainer.max_steps)")
-            self._total_steps_cache = min(candidates)
-        return self._total_steps_cache
-
-    def set_schedule_length(self, steps: int) -> None:
-        """Lay the LR and momentum schedules out over `steps` optimiser steps from now on (a time budget re-plans
-        while training, train/budget.py): the cosine of the LR (after its warm-up) and the EMA momentum end there."""
-        self._schedule_length = max(1, int(steps))
-        if self._trainer is None:
-            return
-        for config in self.trainer.lr_scheduler_configs:  # timm's cosine: t_initial steps after the warm-up
-            sched = config.scheduler
-            if hasattr(sched, "t_initial"):
-                sched.t_initial = max(1, self._schedule_length - int(getattr(sched, "warmup_t", 0)))
 
     def configure_optimizers(self):
         loader = fit_loader(self.trainer)

@@ -13,6 +13,8 @@ reference:
   over `warmup_teacher_temp_epochs` (a too-soft teacher early on destabilises training);
 - the last layer's gradients are dropped for the first `freeze_last_layer` epochs
   (`on_after_backward`): the paper's appendix notes this stabilises the start of training;
+- under a time budget both phases keep their share of the 1000-epoch recipe (`phase_epoch`): a budget run is
+  often shorter than one epoch, and counted in epochs its teacher would never warm up nor its last layer train;
 - `clip_grad` > 0 clips each student parameter's gradient norm (the reference's `clip_gradients`),
   after AMP unscaling, as the reference does.
 
@@ -37,6 +39,7 @@ from .base import SSLMethod
 class DINO(SSLMethod):
     name = "dino"
     momentum_targets = {"target_backbone": "backbone", "target_head": "head"}
+    recipe_epochs = 1000  # solo-learn's CIFAR run: a time budget maps its phases onto it (phase_epoch)
     defaults = dict(optimizer="lars", lr=0.3, weight_decay=1e-6, proj_hidden_dim=2048, proj_output_dim=256,
                     proj_layers=3, num_prototypes=4096, use_bn_in_head=False, norm_last_layer=True,
                     student_temp=0.1, teacher_temp=0.07, warmup_teacher_temp=0.04, warmup_teacher_temp_epochs=50,
@@ -52,7 +55,7 @@ class DINO(SSLMethod):
 
     def teacher_temp_now(self) -> float:
         c = self.cfg
-        return teacher_temperature(self.current_epoch, c["warmup_teacher_temp"], c["teacher_temp"],
+        return teacher_temperature(self.phase_epoch(), c["warmup_teacher_temp"], c["teacher_temp"],
                                    c["warmup_teacher_temp_epochs"])
 
     def _heads(self, head, feats):
@@ -71,7 +74,7 @@ class DINO(SSLMethod):
         return {"loss": loss, "feats": feats[0], "log": {"teacher_temp": temp}}
 
     def on_after_backward(self) -> None:
-        self.head.cancel_last_layer_gradients(self.current_epoch, self.cfg["freeze_last_layer"])
+        self.head.cancel_last_layer_gradients(self.phase_epoch(), self.cfg["freeze_last_layer"])
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)

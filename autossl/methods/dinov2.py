@@ -27,6 +27,7 @@ from .ibot import IBOT
 @METHODS.register("dinov2")
 class DINOv2(IBOT):
     name = "dinov2"
+    recipe_epochs = 100  # ssl_default_config's optim.epochs: a time budget maps its phases onto it
     defaults = dict(IBOT.defaults, lr=0.002, num_prototypes=65536, koleo_weight=0.1, momentum_base=0.992,
                     layer_decay=0.9)
 

@@ -54,6 +54,7 @@ def sample_masks(n: int, num_tokens: int, probability: float = 0.5, ratio_min: f
 @METHODS.register("ibot")
 class IBOT(DINO):
     name = "ibot"
+    recipe_epochs = 800  # the reference's ViT-S/16 run: a time budget maps its phases onto it (phase_epoch)
     defaults = dict(DINO.defaults, optimizer="adamw", lr=5e-4, weight_decay=0.04, num_prototypes=8192,
                     norm_last_layer=False, teacher_temp=0.07, warmup_teacher_temp=0.04, warmup_teacher_temp_epochs=30,
                     teacher_patch_temp=0.07, warmup_teacher_patch_temp=0.04, patch_center_momentum=0.9,
@@ -77,7 +78,7 @@ class IBOT(DINO):
 
     def teacher_patch_temp_now(self) -> float:
         c = self.cfg
-        return teacher_temperature(self.current_epoch, c["warmup_teacher_patch_temp"], c["teacher_patch_temp"],
+        return teacher_temperature(self.phase_epoch(), c["warmup_teacher_patch_temp"], c["teacher_patch_temp"],
                                    c["warmup_teacher_temp_epochs"])
 
     def regularizer(self, global_cls: list[torch.Tensor]) -> dict[str, torch.Tensor]:

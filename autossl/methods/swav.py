@@ -10,6 +10,7 @@ ones) predicts them (losses/swav.py). No momentum encoder and no negatives. Kept
 - the prototypes receive no gradient for the first `freeze_prototypes_epochs` epochs (or the first
   `freeze_prototypes_steps` optimiser steps when that is set, the reference's `freeze_prototypes_niters`):
   early on the codes are near-random and moving the prototypes to fit them slows learning (paper §B.3);
+  under a time budget the freeze and the queue start keep their share of the 1000-epoch recipe (`phase_epoch`);
 - with `queue_size` > 0, the normalised projections of the global crops of past batches are kept and,
   from epoch `queue_start_epoch` once the queue is full, appended to the batch for Sinkhorn only: small
   batches then still spread over many prototypes (paper §4.4 / appendix, "working with small batches").
@@ -40,6 +41,7 @@ from .base import SSLMethod
 @METHODS.register("swav")
 class SwAV(SSLMethod):
     name = "swav"
+    recipe_epochs = 1000  # solo-learn's CIFAR run: a time budget maps its phases onto it (phase_epoch)
     defaults = dict(optimizer="lars", lr=0.6, weight_decay=1e-6, proj_hidden_dim=2048, proj_output_dim=128,
                     proj_layers=2, num_prototypes=3000, temperature=0.1, sinkhorn_iterations=3, sinkhorn_epsilon=0.05,
                     freeze_prototypes_epochs=2, freeze_prototypes_steps=None, queue_size=3840, queue_start_epoch=50)
@@ -60,11 +62,11 @@ class SwAV(SSLMethod):
         steps = self.cfg.get("freeze_prototypes_steps")
         if steps is not None:
             return self.global_step < int(steps)
-        return self.current_epoch < self.cfg["freeze_prototypes_epochs"]
+        return self.phase_epoch() < self.cfg["freeze_prototypes_epochs"]
 
     def _queue_scores(self, num_global: int) -> list[torch.Tensor] | None:
         n = self.queue.shape[1]
-        if (n == 0 or self.current_epoch < self.cfg["queue_start_epoch"] or int(self.queue_filled) < n
+        if (n == 0 or self.phase_epoch() < self.cfg["queue_start_epoch"] or int(self.queue_filled) < n
                 or num_global > self.queue.shape[0]):
             return None
         with torch.no_grad():  # this process's share of the (global) queue's rows: Sinkhorn all-reduces over them

@@ -105,11 +105,21 @@ def compose(overrides: list[str] | None = None, notes: list[str] | None = None) 
             raise ConfigError(str(err).splitlines()[0]) from None
     cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
     validate(cfg, known, views=False)  # the recipe reads a valid method and backbone; it may set the view keys
-    picked = apply_recipe(cfg, explicit)
+    picked = apply_recipe(cfg, explicit, experiment=_experiment_keys(overrides))
     validate(cfg, known)
     if notes is not None:
         notes.extend(picked)
     return cfg
+
+
+def _experiment_keys(overrides: list[str]) -> set[str]:
+    """The keys the chosen experiment sets (recipe=auto keeps the network an experiment chose)."""
+    names = [o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].lstrip("+~") == "experiment"]
+    if not names or names[-1] in ("null", ""):
+        return set()
+    available_experiments()
+    exp = OmegaConf.to_container(OmegaConf.load(EXPERIMENTS.get(names[-1])), resolve=False)
+    return set(_flatten(exp))
 
 
 def _free_form(override: str) -> str:
