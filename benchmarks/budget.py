@@ -135,14 +135,19 @@ def main(argv=None) -> None:
         out = work / f"{name}.{protocol}.json"
         command = eval_command(protocol, str(work / name / "last.ckpt"), bank, test, out)
         eval_s += run(command, log)
-        scores[f"{protocol}_top1"] = json.loads(out.read_text())["accuracy"]
+        result = json.loads(out.read_text())
+        scores[f"{protocol}_top1"] = result["accuracy"]
+        if "effective_rank" in result["settings"]:  # RankMe of the held-out features: a collapse shows here
+            scores["effective_rank"] = result["settings"]["effective_rank"]
         scores[f"random_init_{protocol}_top1"] = random_init_score(args, protocol, bank, test, overrides)
         commands.append(command)
     shown = [" ".join(c[3:]) for c in commands]  # without `python -m autossl`
     from omegaconf import OmegaConf
 
-    batch = int(OmegaConf.load(work / name / "config.yaml").data.batch_size)
-    emit({"name": name, "minutes": args.minutes, "overrides": overrides, "steps": summary["steps"],
+    run_cfg = OmegaConf.load(work / name / "config.yaml")
+    batch = int(run_cfg.data.batch_size)
+    emit({"name": name, "minutes": args.minutes, "overrides": overrides, "backbone": str(run_cfg.model.backbone),
+          "steps": summary["steps"],
           "epochs": round(summary["steps"] * batch / len(list(train.rglob("*.jpg"))), 2), "batch_size": batch,
           "train_s": summary["seconds"], "wall_s": round(wall, 1),
           **scores, "gain": round(scores["knn_top1"] - scores["random_init_knn_top1"], 4),

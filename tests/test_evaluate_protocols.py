@@ -83,6 +83,20 @@ def test_cached_linear_probe_reaches_sklearn_logistic_regression():
     assert info["lr"] in (1e-3, 1e-2, 1e-1) and info["val_accuracy"] is not None
 
 
+def test_effective_rank_is_rankme_by_hand():
+    from autossl.evaluate.metrics import effective_rank
+
+    g = torch.Generator().manual_seed(0)
+    u = torch.linalg.qr(torch.randn(50, 50, generator=g))[0]
+    v = torch.linalg.qr(torch.randn(8, 8, generator=g))[0]
+    three = u[:, :3] @ torch.diag(torch.tensor([2.0, 2.0, 2.0])) @ v[:3]  # 3 equal singular values, the rest 0
+    assert effective_rank(three) == pytest.approx(3.0, abs=1e-3)
+    uneven = u[:, :2] @ torch.diag(torch.tensor([3.0, 1.0])) @ v[:2]  # p = (3/4, 1/4): exp of its entropy
+    assert effective_rank(uneven) == pytest.approx(float(np.exp(-(0.75 * np.log(0.75) + 0.25 * np.log(0.25)))),
+                                                   abs=1e-3)
+    assert effective_rank(torch.ones(100, 8)) == pytest.approx(1.0, abs=1e-3)  # a collapsed representation
+
+
 def test_metrics_match_sklearn():
     from sklearn import metrics as skm
 
@@ -204,6 +218,7 @@ def test_cli_eval_writes_json_and_errors_are_one_line(cli_inputs, tmp_path, caps
     result = json.loads(out.read_text())
     assert set(result) == {"accuracy", "f1", "settings"} and result["settings"]["k"] == 10
     assert result["settings"]["method"] == "simclr"
+    assert 1.0 <= result["settings"]["effective_rank"] <= result["settings"]["feature_dim"]
     assert "accuracy: " in capsys.readouterr().out
     for argv, code, words in [(["knm", "--checkpoint", str(weights), "--data", str(data)], 2, "invalid choice"),
                               (["knn", "--checkpoint", str(tmp_path / "nope.ckpt"), "--data", str(data)], 1, "not found"),

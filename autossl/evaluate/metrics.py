@@ -74,3 +74,13 @@ def compute_metrics(scores: torch.Tensor, labels: torch.Tensor, num_classes: int
             value = multiclass_recall(scores, labels, num_classes, average="macro", top_k=1)
         out[name] = min(1.0, max(0.0, float(value)))  # float sums can land a hair above 1
     return out
+
+
+def effective_rank(features: torch.Tensor, eps: float = 1e-7) -> float:
+    """RankMe (Garrido et al., 2023, arXiv:2210.02885, eq. 1): exp of the entropy of the singular values of the
+    features [N, D], normalised to sum to 1. Between 1 and min(N, D); near 1 when the representation has collapsed
+    onto a few directions (a method can collapse without labels to show it; k-NN then sits at random init's)."""
+    s = torch.linalg.svdvals(features.float())
+    p = s / (s.sum() + eps) + eps
+    return float(torch.exp(-(p * p.log()).sum()))
+

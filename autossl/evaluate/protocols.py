@@ -21,7 +21,7 @@ from .encoders import load_encoder
 from .features import default_device, extract_features
 from .finetune import finetune
 from .linear import linear_probe, linear_probe_augmented
-from .metrics import check_average, compute_metrics, metric_names
+from .metrics import check_average, compute_metrics, effective_rank, metric_names
 from .semisup import semi_supervised_probe
 from .splits import EvalData, eval_loader, eval_splits
 
@@ -57,7 +57,8 @@ def run_knn(encoder: nn.Module, data: EvalData, cfg: EvalConfig, k: int = 200, t
     device = torch.device(cfg.device) if cfg.device else default_device()
     votes = knn_scores(test_x.to(device), train_x, train_y, data.num_classes, k=k, temperature=temperature)
     scores = compute_metrics(votes, test_y, data.num_classes, cfg.metric, cfg.top_k, cfg.average)
-    return scores, {"k": min(k, len(train_y)), "temperature": temperature, "feature_dim": train_x.shape[1]}
+    return scores, {"k": min(k, len(train_y)), "temperature": temperature, "feature_dim": train_x.shape[1],
+                    "effective_rank": round(effective_rank(test_x), 1)}  # of the test features: collapse shows
 
 
 @PROTOCOLS.register("linear", info="linear probe on frozen features (cached, validated grid; or augmented)")
