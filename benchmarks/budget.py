@@ -156,13 +156,15 @@ def main(argv=None) -> None:
 
 
 def print_table(path: Path) -> None:
-    print("| run | budget | steps | k-NN top-1 | random init | gain | bank |\n|---|---|---|---|---|---|---|")
+    print("| run | network | budget | steps | k-NN top-1 | random init | gain | effective rank | bank |\n"
+          "|---|---|---|---|---|---|---|---|---|")
     for line in path.read_text().splitlines():
         r = json.loads(line)
-        print(f"| {' '.join(r['overrides']) or '(defaults)'} | {r['minutes']:g} min | {r['steps']} | "
+        named = [o.split("=", 1)[1] for o in r["overrides"] if o.startswith("model.backbone=")]
+        net = r.get("backbone") or (named or ["resnet18"])[-1]  # older rows: recipe=auto picked no network then
+        print(f"| {' '.join(r['overrides']) or '(defaults)'} | {net} | {r['minutes']:g} min | {r['steps']} | "
               f"{100 * r['knn_top1']:.2f}% | {100 * r['random_init_knn_top1']:.2f}% | {100 * r['gain']:+.2f} | "
-              f"{r['bank']} |")
-
+              f"{r.get('effective_rank', '')} | {r['bank']} |")
 
 if __name__ == "__main__":
     os.environ.setdefault("PYTHONWARNINGS", "ignore")

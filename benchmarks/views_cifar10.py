@@ -52,8 +52,9 @@ def main(argv=None) -> None:
     p.add_argument("--minutes", type=float, default=10.0, help="budget of every run (equal compute)")
     p.add_argument("--pretrained", help="weights of the pretrained start (e.g. an exported 20-minute SimCLR backbone, "
                                         "autossl export ... --out simclr20.safetensors)")
-    p.add_argument("--backbone", default="wide_resnet28_2",
-                   help="one network for every run (the budget recipe's for SimCLR; a pretrained start must match it)")
+    p.add_argument("--backbone", default="resnet18",
+                   help="one network for every run (a pretrained start must match it): ResNet-18, on which all six "
+                        "seed methods beat random init in 5 minutes; VICReg starts slower on WRN-28-2")
     p.add_argument("--bank", type=int, default=0, help="k-NN bank and probe training images (0: all 45,000)")
     p.add_argument("--out", default=str(REPO / "docs" / "views_cifar10.jsonl"))
     p.add_argument("--work-dir", default="/tmp/autossl-views")

@@ -219,7 +219,8 @@ def test_cli_eval_writes_json_and_errors_are_one_line(cli_inputs, tmp_path, caps
     assert set(result) == {"accuracy", "f1", "settings"} and result["settings"]["k"] == 10
     assert result["settings"]["method"] == "simclr"
     assert 1.0 <= result["settings"]["effective_rank"] <= result["settings"]["feature_dim"]
-    assert "accuracy: " in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "accuracy: " in printed and "effective rank of the test features: " in printed
     for argv, code, words in [(["knm", "--checkpoint", str(weights), "--data", str(data)], 2, "invalid choice"),
                               (["knn", "--checkpoint", str(tmp_path / "nope.ckpt"), "--data", str(data)], 1, "not found"),
                               (["knn", "--checkpoint", str(weights), "--data", str(data), "--metric", "acc@5"], 1,

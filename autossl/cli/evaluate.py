@@ -122,6 +122,8 @@ def _eval(a: argparse.Namespace) -> int:
         print(f"{name}: {value:.4f}")
     print(f"({settings['protocol']}, {settings['split']}, {settings['n_train']} train / {settings['n_test']} test "
           f"images, {settings['seconds']} s)")
+    if "effective_rank" in settings:  # RankMe: near 1, the features have collapsed onto a few directions
+        print(f"effective rank of the test features: {settings['effective_rank']} of {settings['feature_dim']}")
     if a.out:
         out = Path(a.out)
         out.parent.mkdir(parents=True, exist_ok=True)
