@@ -166,6 +166,7 @@ def print_table(path: Path) -> None:
               f"{100 * r['knn_top1']:.2f}% | {100 * r['random_init_knn_top1']:.2f}% | {100 * r['gain']:+.2f} | "
               f"{r.get('effective_rank', '')} | {r['bank']} |")
 
+
 if __name__ == "__main__":
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
     main()

@@ -83,4 +83,3 @@ def effective_rank(features: torch.Tensor, eps: float = 1e-7) -> float:
     s = torch.linalg.svdvals(features.float())
     p = s / (s.sum() + eps) + eps
     return float(torch.exp(-(p * p.log()).sum()))
-
