@@ -20,7 +20,7 @@ its plan depends on measured times.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Callable
 
 import pytorch_lightning as pl
 import torch
@@ -31,7 +31,8 @@ PROVISIONAL_STEPS = 10**6  # the plan before any step is measured: a cosine this
 
 
 class TimeBudget(pl.Callback):
-    def __init__(self, minutes: float, measure_steps: int = 5, replan_every: int = 10):
+    def __init__(self, minutes: float, measure_steps: int = 5, replan_every: int = 10,
+                 clock: Callable[[], float] = time.monotonic):
         if not minutes > 0:
             raise ValueError(f"trainer.budget_minutes must be positive, got {minutes}")
         self.budget = float(minutes) * 60
@@ -41,6 +42,7 @@ class TimeBudget(pl.Callback):
         self._start: float | None = None
         self._mark: tuple[int, float] | None = None  # (step, time) where the step-time measurement starts
         self.stopped_by_budget = False
+        self.clock = clock  # seconds; injectable so that a test's steps cost what it says, however busy the machine
 
     # ---- state in the checkpoint ------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -52,7 +54,7 @@ class TimeBudget(pl.Callback):
 
     def spent(self) -> float:
         """Seconds of the budget spent so far (this run and the runs it resumed)."""
-        return self.spent_before + (time.monotonic() - self._start if self._start is not None else 0.0)
+        return self.spent_before + (self.clock() - self._start if self._start is not None else 0.0)
 
     # ---- hooks -------------------------------------------------------------------------------------------------
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -62,11 +64,11 @@ class TimeBudget(pl.Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.planned:  # resumed: the plan of the run it continues (the scheduler's restored state holds it too)
             pl_module.set_schedule_length(self.planned)
-        self._start = time.monotonic()
+        self._start = self.clock()
         self._mark = None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        now, step = time.monotonic(), trainer.global_step
+        now, step = self.clock(), trainer.global_step
         if self._mark is None:
             self._mark = (step, now)
         done_here = step - self._mark[0]
