@@ -1,6 +1,7 @@
-"""`trainer.budget_minutes` (train/budget.py), with budgets of seconds: the run stops when its wall time is spent,
-the LR schedule ends with it whatever the step time (re-planned from measured steps), and a resumed run spends only
-what is left."""
+"""`trainer.budget_minutes` (train/budget.py), with budgets of seconds: the run stops when its time is spent, the LR
+schedule ends with it whatever the step time (re-planned from measured steps), and a resumed run spends only what is
+left. The schedule test runs on a clock whose steps cost a set time (exact plans, on a busy machine too); the
+`autossl pretrain` test on the wall clock."""
 from __future__ import annotations
 
 import pytorch_lightning as pl
