@@ -76,17 +76,20 @@ def eval_command(protocol: str, checkpoint: str, bank: Path, test: Path, out: Pa
 
 
 def random_init_score(args, protocol: str, bank: Path, test: Path, overrides: list[str]) -> float:
-    """k-NN (or linear probe) of the run's backbone at initialisation (built as `autossl pretrain` builds it: same config, same seed),
-    cached by backbone, seed and split."""
+    """k-NN (or linear probe) of the run's backbone at initialisation (built as `autossl pretrain` builds it: same
+    config, same seed), cached by backbone, seed and split. A run from `model.pretrained=...` is scored against
+    those weights, its start."""
     from autossl.evaluate.protocols import evaluate
     from autossl.train import compose
     from autossl.train.run import build_model
     import pytorch_lightning as pl
 
-    cfg = compose([o for o in overrides if o.split("=", 1)[0] in ("method", "model.backbone", "seed")] +
+    named = ("method", "model.backbone", "model.pretrained", "seed")
+    cfg = compose([o for o in overrides if o.split("=", 1)[0] in named] +
                   ["data.dataset=folder", f"data.path={bank}"])
     key = json.dumps({"backbone": str(cfg.model.backbone), "seed": int(cfg.seed), "bank": str(bank), "test": str(test),
-                      **({"protocol": protocol} if protocol != "knn" else {})})
+                      **({"protocol": protocol} if protocol != "knn" else {}),
+                      **({"pretrained": str(cfg.model.pretrained)} if cfg.model.get("pretrained") else {})})
     cache = Path(args.cache_dir) / "budget_random_init.jsonl"
     for line in cache.read_text().splitlines() if cache.exists() else []:
         entry = json.loads(line)
