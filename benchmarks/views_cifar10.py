@@ -98,11 +98,13 @@ def report(jsonl: Path, markdown: Path) -> None:
 
     rows = [json.loads(line) for line in jsonl.read_text().splitlines()]
     by: dict[tuple, list[dict]] = {}
-    starts: dict[str, dict] = {}  # the start's own scores: random init, or the pretrained weights before training
+    untrained: dict[str, dict] = {}  # start -> seed -> its scores before training (random init depends on the seed)
     for r in rows:
-        _, method, n, start, _seed, _minutes = r["name"].split("_")
+        _, method, n, start, seed, _minutes = r["name"].split("_")
         by.setdefault((method, start, int(n[1:])), []).append(r)
-        starts.setdefault(start, {k: r[f"random_init_{k}_top1"] for k in ("knn", "linear")})
+        untrained.setdefault(start, {})[seed] = {k: r[f"random_init_{k}_top1"] for k in ("knn", "linear")}
+    starts = {start: {k: sum(s[k] for s in seeds.values()) / len(seeds) for k in ("knn", "linear")}
+              for start, seeds in untrained.items()}
     lines = ["| method | start | views | runs | steps | k-NN top-1 | linear top-1 | k-NN gain over the start |",
              "|---|---|---|---|---|---|---|---|"]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -114,7 +116,7 @@ def report(jsonl: Path, markdown: Path) -> None:
             if not group:
                 continue
             steps = sum(g["steps"] for g in group) / len(group)
-            gain = sum(g["knn_top1"] for g in group) / len(group) - starts[start]["knn"]
+            gain = sum(g["knn_top1"] - g["random_init_knn_top1"] for g in group) / len(group)  # each against its seed
             lines.append(f"| {method} | {start} | {n} | {len(group)} | {steps:.0f} | {_mean_spread(group, 'knn_top1')} "
                          f"| {_mean_spread(group, 'linear_top1')} | {100 * gain:+.2f} |")
             xs.append(n)
@@ -138,10 +140,11 @@ def report(jsonl: Path, markdown: Path) -> None:
     if markdown.is_file() and KEEP_START in (old := markdown.read_text()) and KEEP_END in old:
         keep = old.split(KEEP_START, 1)[1].split(KEEP_END, 1)[0].strip("\n")
     references = [f"- {start} start, untrained: k-NN {100 * s['knn']:.2f}%, linear probe {100 * s['linear']:.2f}%"
+                  + (f" (mean of {len(untrained[start])} seeds)" if len(untrained[start]) > 1 else "")
                   for start, s in starts.items()]
     markdown.write_text("\n".join(
         ["# The views study on CIFAR-10: accuracy against the number of views per image, at equal minutes", "",
-         f"Tables and figure written by `python benchmarks/views_cifar10.py --report {markdown.name}` from "
+         f"Tables and figure written by `python benchmarks/views_cifar10.py --report {markdown}` from "
          f"{len(rows)} runs in `{jsonl.name}` (the block below is kept).", "", KEEP_START, keep, KEEP_END, "",
          "## Results", "", *references, "", *lines, "", f"![views]({figure.name})", ""]))
     print(markdown.read_text())
