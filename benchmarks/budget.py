@@ -75,7 +75,7 @@ def eval_command(protocol: str, checkpoint: str, bank: Path, test: Path, out: Pa
                       "--preset", "cifar10", "--image-size", "32", "--bf16", "--batch-size", "512", "--out", str(out)]
 
 
-def random_init_score(args, protocol: str, bank: Path, test: Path, overrides: list[str]) -> float:
+def start_score(args, protocol: str, bank: Path, test: Path, overrides: list[str]) -> float:
     """k-NN (or linear probe) of the run's backbone at initialisation (built as `autossl pretrain` builds it: same
     config, same seed), cached by backbone, seed and split. A run from `model.pretrained=...` is scored against
     those weights, its start."""
@@ -142,7 +142,7 @@ def main(argv=None) -> None:
         scores[f"{protocol}_top1"] = result["accuracy"]
         if "effective_rank" in result["settings"]:  # RankMe of the held-out features: a collapse shows here
             scores["effective_rank"] = result["settings"]["effective_rank"]
-        scores[f"random_init_{protocol}_top1"] = random_init_score(args, protocol, bank, test, overrides)
+        scores[f"random_init_{protocol}_top1"] = start_score(args, protocol, bank, test, overrides)
         commands.append(command)
     shown = [" ".join(c[3:]) for c in commands]  # without `python -m autossl`
     from omegaconf import OmegaConf

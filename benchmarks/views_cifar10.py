@@ -17,6 +17,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from statistics import fmean
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -83,8 +84,7 @@ def main(argv=None) -> None:
 def _mean_spread(group: list[dict], key: str) -> str:
     """Mean in %, with half the range of the seeds where there are two or more (their spread, not an error bar)."""
     values = [100 * g[key] for g in group]
-    mean = sum(values) / len(values)
-    return f"{mean:.2f}%" + (f" ± {(max(values) - min(values)) / 2:.2f}" if len(values) > 1 else "")
+    return f"{fmean(values):.2f}%" + (f" ± {(max(values) - min(values)) / 2:.2f}" if len(values) > 1 else "")
 
 
 def report(jsonl: Path, markdown: Path) -> None:
@@ -94,7 +94,7 @@ def report(jsonl: Path, markdown: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from autossl.experiments.study import KEEP_END, KEEP_START
+    from autossl.experiments.study import KEEP_END, KEEP_START, kept_block
 
     rows = [json.loads(line) for line in jsonl.read_text().splitlines()]
     by: dict[tuple, list[dict]] = {}
@@ -103,7 +103,7 @@ def report(jsonl: Path, markdown: Path) -> None:
         _, method, n, start, seed, _minutes = r["name"].split("_")
         by.setdefault((method, start, int(n[1:])), []).append(r)
         untrained.setdefault(start, {})[seed] = {k: r[f"random_init_{k}_top1"] for k in ("knn", "linear")}
-    starts = {start: {k: sum(s[k] for s in seeds.values()) / len(seeds) for k in ("knn", "linear")}
+    starts = {start: {k: fmean(s[k] for s in seeds.values()) for k in ("knn", "linear")}
               for start, seeds in untrained.items()}
     lines = ["| method | start | views | runs | steps | k-NN top-1 | linear top-1 | k-NN gain over the start |",
              "|---|---|---|---|---|---|---|---|"]
@@ -115,13 +115,13 @@ def report(jsonl: Path, markdown: Path) -> None:
             group = by.get((method, start, n))
             if not group:
                 continue
-            steps = sum(g["steps"] for g in group) / len(group)
-            gain = sum(g["knn_top1"] - g["random_init_knn_top1"] for g in group) / len(group)  # each against its seed
+            steps = fmean(g["steps"] for g in group)
+            gain = fmean(g["knn_top1"] - g["random_init_knn_top1"] for g in group)  # each against its own seed
             lines.append(f"| {method} | {start} | {n} | {len(group)} | {steps:.0f} | {_mean_spread(group, 'knn_top1')} "
                          f"| {_mean_spread(group, 'linear_top1')} | {100 * gain:+.2f} |")
             xs.append(n)
             for ax, k in zip(axes, curves):
-                curves[k].append(100 * sum(g[f"{k}_top1"] for g in group) / len(group))
+                curves[k].append(100 * fmean(g[f"{k}_top1"] for g in group))
                 if len(group) > 1:  # each seed as a dot: the spread the curve's mean hides
                     ax.scatter([n] * len(group), [100 * g[f"{k}_top1"] for g in group], s=9, alpha=0.5,
                                color=colours[method])
@@ -136,9 +136,8 @@ def report(jsonl: Path, markdown: Path) -> None:
         ax.set_xlabel("views per image (equal minutes)"), ax.set_title(title), ax.legend(fontsize=7)
     figure = markdown.with_suffix(".png")
     fig.tight_layout(), fig.savefig(figure, dpi=110)
-    keep = "The protocol, commands and findings go here; `--report` keeps this block when it rewrites the file."
-    if markdown.is_file() and KEEP_START in (old := markdown.read_text()) and KEEP_END in old:
-        keep = old.split(KEEP_START, 1)[1].split(KEEP_END, 1)[0].strip("\n")
+    keep = kept_block(markdown, "The protocol, commands and findings go here; `--report` keeps this block when it "
+                                "rewrites the file.")
     references = [f"- {start} start, untrained: k-NN {100 * s['knn']:.2f}%, linear probe {100 * s['linear']:.2f}%"
                   + (f" (mean of {len(untrained[start])} seeds)" if len(untrained[start]) > 1 else "")
                   for start, s in starts.items()]

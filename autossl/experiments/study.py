@@ -292,14 +292,20 @@ def _summary(rows: pd.DataFrame) -> list[str]:
     return out
 
 
+def kept_block(report: Path, default: str) -> str:
+    """The hand-written text between <!-- keep --> and <!-- /keep --> in an existing report, else `default`."""
+    if report.is_file() and KEEP_START in (old := report.read_text()) and KEEP_END in old:
+        return old.split(KEEP_START, 1)[1].split(KEEP_END, 1)[0].strip("\n")
+    return default
+
+
 def write_report(rows: pd.DataFrame, ref: pd.DataFrame, out: str | Path, knn_k: int = KNN_K) -> Path:
     """Markdown table + one PNG per regime beside it (<stem>_equal_epochs.png, ...). A block between
     <!-- keep --> and <!-- /keep --> in an existing report (commands, findings) is carried over."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    keep = "Commands and findings go here; `autossl study` keeps this block when it rewrites the report."
-    if out.is_file() and KEEP_START in (old := out.read_text()) and KEEP_END in old:
-        keep = old.split(KEEP_START, 1)[1].split(KEEP_END, 1)[0].strip("\n")
+    keep = kept_block(out, "Commands and findings go here; `autossl study` keeps this block when it rewrites the "
+                           "report.")
     cfg = OmegaConf.load(Path(rows.iloc[0]["run"]) / "config.yaml")
     d = cfg.data
     held = f"data.val_path={d.val_path}" if d.val_path else f"data.val_split={d.val_split}, seed {cfg.seed}"
