@@ -107,7 +107,7 @@ def report(jsonl: Path, markdown: Path) -> None:
               for start, seeds in untrained.items()}
     lines = ["| method | start | views | runs | steps | k-NN top-1 | linear top-1 | k-NN gain over the start |",
              "|---|---|---|---|---|---|---|---|"]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 5))
     colours = dict(zip(METHODS, ("tab:blue", "tab:orange", "tab:green")))
     for (method, start) in sorted({k[:2] for k in by}, key=lambda k: (k[1] != "random", METHODS.index(k[0]))):
         xs, curves = [], {"knn": [], "linear": []}
@@ -133,9 +133,11 @@ def report(jsonl: Path, markdown: Path) -> None:
             ax.axhline(100 * scores[k], color="grey", linestyle=":" if start == "random" else "-.", linewidth=1,
                        label=f"{start} start, untrained")
         ax.set_xscale("log", base=2), ax.set_xticks(VIEWS, [str(v) for v in VIEWS])
-        ax.set_xlabel("views per image (equal minutes)"), ax.set_title(title), ax.legend(fontsize=7)
+        ax.set_xlabel("views per image (equal minutes)"), ax.set_title(title)
     figure = markdown.with_suffix(".png")
-    fig.tight_layout(), fig.savefig(figure, dpi=110)
+    # one legend below both panels: inside either, it hid the curves it names
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=4, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.14, 1, 1)), fig.savefig(figure, dpi=110)
     keep = kept_block(markdown, "The protocol, commands and findings go here; `--report` keeps this block when it "
                                 "rewrites the file.")
     references = [f"- {start} start, untrained: k-NN {100 * s['knn']:.2f}%, linear probe {100 * s['linear']:.2f}%"
