@@ -73,6 +73,20 @@ def test_the_narrow_network_replaces_only_a_backbone_nobody_chose(tmp_path, monk
     assert compose(BUDGET + ["experiment=mine", "optimizer.name=lars"]).optimizer.lr == 2e-3
 
 
+def test_a_pretrained_start_of_vicreg_warms_its_lr_up(tmp_path):
+    weights = tmp_path / "start.safetensors"
+    weights.write_bytes(b"")  # composing reads the path, not the file
+    start = [f"model.pretrained={weights}"]
+    assert compose(BUDGET + ["method=vicreg"] + start).optimizer.warmup_epochs == 0.05
+    assert compose(BUDGET + ["method=vicreg"]).optimizer.warmup_epochs == 0  # a random start: not measured
+    for other in (["method=barlowtwins"], ["method=simclr"], ["method=vicreg", "data.dataset=mnist"]):
+        assert compose(BUDGET + other + start).optimizer.warmup_epochs == 0, other  # held their start / not measured
+    notes: list[str] = []
+    cfg = compose(BUDGET + ["method=vicreg", "optimizer.warmup_epochs=0"] + start, notes=notes)
+    assert cfg.optimizer.warmup_epochs == 0
+    assert any("optimizer.warmup_epochs: kept yours (0); auto would pick 0.05" in n for n in notes)
+
+
 def test_a_folder_gets_small_views_only_when_its_images_are_32_px(class_folder, tmp_path):
     from conftest import write_image
 
