@@ -8,8 +8,8 @@ picks and why, above the composed config.
 Only what was measured is picked. On this project's CPU (2 cores, AVX-512 bf16) that is precision, memory format,
 the view pipeline, the image cache, the view size, the optimiser, for the methods measured with it the
 network (WRN-28-2 in place of a ResNet-18 that neither the command line nor the experiment chose), and for VICReg
-from a pretrained start an LR warm-up. On a GPU no budget
-run has been measured yet, so only precision and memory format are set there and the method keeps its optimiser.
+from a pretrained start an LR warm-up. On a GPU no budget run has been measured yet, so only precision and memory
+format are set there and the method keeps its optimiser.
 """
 from __future__ import annotations
 
