@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import random
 import tarfile
 import threading
@@ -205,6 +206,18 @@ def load_average() -> float:
     return round(os.getloadavg()[0], 2)
 
 
+def cpu_model() -> str:
+    """The CPU's model name: sessions draw different machines, and a row's steps, and even a random network's
+    k-NN score, differ between them."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def timed(fn: Callable, *args, **kwargs):
     start = time.perf_counter()
     out = fn(*args, **kwargs)
@@ -212,4 +225,4 @@ def timed(fn: Callable, *args, **kwargs):
 
 
 __all__: Sequence[str] = ["extract_cifar10", "holdout_split", "benchmark_datasets", "extract_features", "knn_top1",
-                          "StepClock", "PeakRSS", "emit", "ratio", "load_average", "timed", "autocast"]
+                          "StepClock", "PeakRSS", "emit", "ratio", "load_average", "cpu_model", "timed", "autocast"]
